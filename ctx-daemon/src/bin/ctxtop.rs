@@ -1,0 +1,111 @@
+//! ctxtop: which CPUs are being disturbed right now, by what, and which would need an IPI.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use ctx::cli::{init_logging, is_tty, parse_duration};
+use ctx::loader::DEFAULT_PIN_DIR;
+use ctx::report;
+use ctx::session::{Attach, Session};
+use ctx::system::{CpuSet, SysRoot};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ctxtop",
+    version,
+    about = "Per-CPU user/kernel/idle/NMI residency, interrupts and IPI verdicts"
+)]
+struct Args {
+    /// Length of one interval (one refresh of the view).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// How often the per-CPU state is sampled for verdicts within an interval.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    sample_interval: Duration,
+    /// Only show these CPUs (e.g. 1-3,8).
+    #[arg(long)]
+    cpus: Option<CpuSet>,
+    /// Print one interval as a table and exit; the same as --count 1. Without a terminal on
+    /// stdout, ctxtop prints tables like this (one per interval) and never draws a screen.
+    #[arg(long)]
+    once: bool,
+    /// Print each interval as one line of JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Exit after N intervals (default: 1 when printing, until `q` in the full-screen view).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Where a running ctx-daemon pins its maps; ctxtop reads them instead of attaching again.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Attach private probes even if a daemon's pins exist.
+    #[arg(long)]
+    standalone: bool,
+}
+
+fn main() -> ExitCode {
+    init_logging("warn");
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ctxtop: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    if args.sample_interval > args.interval {
+        anyhow::bail!(
+            "--sample-interval ({:?}) is longer than --interval ({:?})",
+            args.sample_interval,
+            args.interval
+        );
+    }
+    let attach = if args.standalone {
+        Attach::Standalone
+    } else {
+        Attach::Viewer {
+            pin_dir: args.pin_dir.clone(),
+        }
+    };
+    let mut session = Session::open(&attach, SysRoot::default()).context("opening the probes")?;
+    let rounds = if args.once {
+        1
+    } else {
+        args.count.unwrap_or(1)
+    };
+    let mut out = std::io::stdout().lock();
+    for _ in 0..rounds {
+        let first = session.sample().context("sampling")?;
+        let start = Instant::now();
+        let mut last = first.clone();
+        while start.elapsed() < args.interval {
+            let left = args.interval.saturating_sub(start.elapsed());
+            std::thread::sleep(left.min(args.sample_interval));
+            last = session.sample().context("sampling")?;
+        }
+        let mut rep = report::build(
+            session.header(args.interval, args.sample_interval),
+            &session.probes.hooks,
+            &first,
+            &last,
+        );
+        if let Some(keep) = &args.cpus {
+            rep.cpus.retain(|c| keep.contains(c.cpu));
+        }
+        if args.json {
+            serde_json::to_writer(&mut out, &rep)?;
+            writeln!(out)?;
+        } else {
+            write!(out, "{}", report::table(&rep, is_tty(libc::STDOUT_FILENO)))?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}

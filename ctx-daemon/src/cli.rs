@@ -1,0 +1,73 @@
+//! Bits shared by the binaries' command lines.
+
+use std::time::Duration;
+
+use tracing_subscriber::EnvFilter;
+
+/// Parses `10ms`, `1s`, `2.5s`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let d = if let Ok(secs) = s.parse::<f64>() {
+        if !(secs.is_finite() && secs >= 0.0) {
+            return Err(format!("invalid duration {s:?}"));
+        }
+        Duration::from_secs_f64(secs)
+    } else if let Some(secs) = s.strip_suffix('s').and_then(|v| v.parse::<f64>().ok()) {
+        if !(secs.is_finite() && secs >= 0.0) {
+            return Err(format!("invalid duration {s:?}"));
+        }
+        Duration::from_secs_f64(secs)
+    } else {
+        humantime::parse_duration(s)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 10ms, 1s, 2.5s"))?
+    };
+    if d.is_zero() {
+        return Err(format!("duration {s:?} must be above zero"));
+    }
+    Ok(d)
+}
+
+/// Logs to stderr without timestamps or colour when stderr is not a terminal: journald adds its
+/// own timestamps, and escape codes would end up in the journal. `CTX_LOG` (or `RUST_LOG`) sets
+/// the filter.
+pub fn init_logging(default: &str) {
+    let filter = std::env::var("CTX_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let tty = is_tty(libc::STDERR_FILENO);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(tty)
+        .with_target(false);
+    // Bridges the `log` records aya and aya-log emit.
+    let _ = tracing_log::LogTracer::init();
+    if tty {
+        let _ = builder.try_init();
+    } else {
+        let _ = builder.without_time().try_init();
+    }
+}
+
+pub fn is_tty(fd: i32) -> bool {
+    // SAFETY: isatty has no memory-safety preconditions.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10ms").unwrap(), Duration::from_millis(10));
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2500));
+        assert_eq!(parse_duration("0.5s").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+}
