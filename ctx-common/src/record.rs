@@ -84,6 +84,7 @@ pub enum LastEvent {
     Fault = 7,
     CpuDown = 8,
     CpuUp = 9,
+    Switch = 10,
 }
 
 /// Interrupt kinds counted per CPU. The first four are IPIs.

@@ -60,6 +60,11 @@ pub enum MainEvent {
     CpuDown,
     /// CPU hotplug bring-up reached this CPU
     CpuUp,
+    /// `sched:sched_switch` to a task that resumes in user mode (it was preempted there)
+    SwitchToUser,
+    /// `sched:sched_switch` to a task that resumes in kernel mode (inside a syscall or a
+    /// fault, or a kernel thread)
+    SwitchToKernel,
 }
 
 impl MainEvent {
@@ -74,6 +79,7 @@ impl MainEvent {
             Self::Fault => LastEvent::Fault,
             Self::CpuDown => LastEvent::CpuDown,
             Self::CpuUp => LastEvent::CpuUp,
+            Self::SwitchToUser | Self::SwitchToKernel => LastEvent::Switch,
         }
     }
 }
@@ -180,6 +186,21 @@ pub unsafe fn main_event(m: *mut MainPart, now: u64, ev: MainEvent, ct_cpu: bool
                     claim_source(m, Source::Syscalls);
                     account(m, now);
                     to_user(m);
+                }
+            }
+            // Syscall boundaries alone lose track across a context switch: a task preempted in
+            // user mode resumes there without a sys_exit. The switch tells which mode the next
+            // task resumes in. The step is the scheme's +2 (the mode flips), but it is not a
+            // kernel entry: that happened earlier, unseen by this fallback.
+            MainEvent::SwitchToUser | MainEvent::SwitchToKernel => {
+                if !ct_driven {
+                    claim_source(m, Source::Syscalls);
+                    account(m, now);
+                    let c = rd(&raw const (*m).counter);
+                    let in_user = SeedState::decode(c) == SeedState::User;
+                    if in_user != (ev == MainEvent::SwitchToUser) {
+                        wr(&raw mut (*m).counter, user_enter(c));
+                    }
                 }
             }
             MainEvent::IdleEnter => {

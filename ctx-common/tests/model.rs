@@ -291,3 +291,30 @@ fn ipi_arrival_after_user_exit_reads_user() {
     assert_eq!(rec.main.syscalls, 1);
     assert_eq!(rec.main.kernel_entries, 2);
 }
+
+/// Fallback CPU, two tasks: A blocks in read(), B was preempted in user mode and resumes there
+/// without a sys_exit. The switch keeps B's time out of kernel.
+#[test]
+fn fallback_follows_context_switches() {
+    let mut rec = CpuRecord::default();
+    let m = &raw mut rec.main;
+    unsafe {
+        main_event(m, 1_000, MainEvent::SysExit, false); // A in user
+        main_event(m, 2_000, MainEvent::SysEnter, false); // A blocks in read()
+        main_event(m, 2_100, MainEvent::SwitchToUser, false); // B resumes in user
+        main_event(m, 5_100, MainEvent::SwitchToKernel, false); // A resumes inside read()
+        main_event(m, 5_200, MainEvent::SysExit, false); // A back to user
+    }
+    let r = rec.residency(6_200);
+    assert_eq!(r.user, 1_000 + 3_000 + 1_000);
+    assert_eq!(r.kernel, 100 + 100);
+    assert_eq!(rec.main.kernel_entries, 1, "a switch is not a kernel entry");
+    assert_eq!(rec.main.resyncs, 0);
+    // On a context-tracking CPU switches change nothing.
+    let mut ct = CpuRecord::default();
+    unsafe {
+        main_event(&raw mut ct.main, 1_000, MainEvent::UserExit, true);
+        main_event(&raw mut ct.main, 1_100, MainEvent::SwitchToUser, true);
+    }
+    assert_eq!(ct.state(), CpuState::Kernel);
+}

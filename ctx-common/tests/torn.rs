@@ -42,7 +42,7 @@ fn accepted_copies_are_never_torn() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 now += 1 + (n % 7);
-                let ev = if n % 2 == 0 {
+                let ev = if n.is_multiple_of(2) {
                     MainEvent::UserEnter
                 } else {
                     MainEvent::UserExit

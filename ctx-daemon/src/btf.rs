@@ -153,6 +153,20 @@ impl KernelBtf {
             })
     }
 
+    /// Byte offset of `member` in `struct name`.
+    pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
+        self.btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => s.members.iter().find_map(|m| {
+                    (self.btf.resolve_name(m).ok()? == member).then(|| m.bit_offset() / 8)
+                }),
+                _ => None,
+            })
+    }
+
     /// The layout of `context_tracking.state`, or `None` when the kernel has no context tracking.
     pub fn ct_layout(&self) -> Option<CtLayout> {
         let states = self.enum_values("ctx_state")?;
@@ -161,17 +175,7 @@ impl KernelBtf {
             .find(|(n, _)| n == "CT_STATE_MAX" || n == "CONTEXT_MAX")
             .map(|(_, v)| *v)?;
         let state_bits = bits_per(max - 1);
-        let state_offset = self
-            .btf
-            .resolve_types_by_name("context_tracking")
-            .ok()?
-            .into_iter()
-            .find_map(|t| match t {
-                Type::Struct(s) => s.members.iter().find_map(|m| {
-                    (self.btf.resolve_name(m).ok()? == "state").then(|| m.bit_offset() / 8)
-                }),
-                _ => None,
-            })?;
+        let state_offset = self.member_offset("context_tracking", "state")?;
         // Context work takes CT_WORK_MAX_OFFSET bits above the state, only when built in; its
         // setter exists exactly then.
         let work_bits = if self.has("ct_set_cpu_work") {

@@ -16,6 +16,8 @@ pub enum Role {
     Interrupts,
     Faults,
     Hotplug,
+    /// Context switches: keep the syscall fallback right across preemption.
+    Switches,
 }
 
 impl Role {
@@ -28,6 +30,7 @@ impl Role {
             Self::Interrupts => "interrupts",
             Self::Faults => "faults",
             Self::Hotplug => "hotplug",
+            Self::Switches => "switches",
         }
     }
 
@@ -35,6 +38,15 @@ impl Role {
     pub const fn paired(self) -> bool {
         matches!(self, Self::ContextTracking | Self::Syscalls)
     }
+}
+
+/// How a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `BPF_PROG_TYPE_RAW_TRACEPOINT`: untyped arguments, no BTF needed.
+    RawTracepoint,
+    /// `tp_btf`: typed arguments (needed to pass a task to helpers); needs kernel BTF.
+    BtfTracepoint,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +58,7 @@ pub struct HookSpec {
     /// Program name in the eBPF object.
     pub program: &'static str,
     pub role: Role,
+    pub kind: Kind,
 }
 
 const fn hook(
@@ -59,12 +72,13 @@ const fn hook(
         group,
         program,
         role,
+        kind: Kind::RawTracepoint,
     }
 }
 
 /// In attach order: context tracking first, so the loader knows which CPUs it drives before
 /// the syscall fallback starts. The index is the bit in `Meta::hooks_attached`.
-pub const HOOKS: [HookSpec; 14] = [
+pub const HOOKS: [HookSpec; 15] = [
     hook(
         "context_tracking",
         "user_enter",
@@ -124,6 +138,10 @@ pub const HOOKS: [HookSpec; 14] = [
         Role::Faults,
     ),
     hook("cpuhp", "cpuhp_enter", "ctx_cpuhp_enter", Role::Hotplug),
+    HookSpec {
+        kind: Kind::BtfTracepoint,
+        ..hook("sched", "sched_switch", "ctx_sched_switch", Role::Switches)
+    },
 ];
 
 /// Hooks ctx looks for and reports but does not attach. `rcu:rcu_dyntick` (renamed

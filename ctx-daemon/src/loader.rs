@@ -10,15 +10,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, Map, MapData, PerCpuArray};
-use aya::programs::RawTracePoint;
 use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{BtfTracePoint, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
 use ctx_common::record::{ABI_VERSION, Config, CpuRecord, Ledger, META_MAGIC, Meta};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::btf::{CtLayout, KernelBtf};
-use crate::hooks::{DETECTED_ONLY, HOOKS, HookReport, HookSpec, HookStatus, Role};
+use crate::hooks::{DETECTED_ONLY, HOOKS, HookReport, HookSpec, HookStatus, Kind, Role};
 use crate::system::{self, BPF_FS_MAGIC, CpuSet, SysRoot};
 
 /// The eBPF object, built by build.rs.
@@ -31,7 +31,15 @@ const MAP_CONFIG: &str = "CTX_CONFIG";
 const MAP_META: &str = "CTX_META";
 const MAP_LEDGER: &str = "CTX_LEDGER";
 const MAP_LOGS: &str = "AYA_LOGS";
-const PINNED_MAPS: [&str; 5] = [MAP_CPU, MAP_CONFIG, MAP_META, MAP_LEDGER, MAP_LOGS];
+const MAP_TASK_MODE: &str = "TASK_MODE";
+const PINNED_MAPS: [&str; 6] = [
+    MAP_CPU,
+    MAP_CONFIG,
+    MAP_META,
+    MAP_LEDGER,
+    MAP_LOGS,
+    MAP_TASK_MODE,
+];
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -126,20 +134,11 @@ impl Probes {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Pin maps and links here, reusing whatever is already pinned there.
     pub pin_dir: Option<PathBuf>,
     pub sys: SysRoot,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            pin_dir: None,
-            sys: SysRoot::default(),
-        }
-    }
 }
 
 fn check_caps(sys: &SysRoot) -> Result<(), LoadError> {
@@ -195,7 +194,8 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
     }
     // Pinning is a create in the directory: check we may write there before touching the
     // kernel, so the error names the directory rather than a failed BPF_OBJ_PIN.
-    let probe = dir.join("links").join(".ctx-write-check");
+    // bpffs refuses names with dots.
+    let probe = dir.join("links").join("ctx-write-check");
     match fs::create_dir(&probe) {
         Ok(()) => {
             let _ = fs::remove_dir(&probe);
@@ -311,34 +311,63 @@ impl Detection {
     }
 }
 
-fn attach_one(ebpf: &mut Ebpf, h: &HookSpec, pin: Option<&Path>) -> Result<HookStatus, String> {
-    let prog: &mut RawTracePoint = ebpf
+fn attach_one(
+    ebpf: &mut Ebpf,
+    h: &HookSpec,
+    pin: Option<&Path>,
+    btf: Option<&aya::Btf>,
+) -> Result<HookStatus, String> {
+    let prog = ebpf
         .program_mut(h.program)
-        .ok_or_else(|| format!("program {} missing from the object", h.program))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| format!("verifier: {e}"))?;
-    let id = prog.attach(h.tracepoint).map_err(|e| format!("{e}"))?;
+        .ok_or_else(|| format!("program {} missing from the object", h.program))?;
+    let link: FdLink = match h.kind {
+        Kind::RawTracepoint => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+            p.load().map_err(|e| format!("verifier: {e}"))?;
+            let id = p.attach(h.tracepoint).map_err(|e| format!("{e}"))?;
+            if pin.is_none() {
+                return Ok(HookStatus::Attached);
+            }
+            p.take_link(id).map_err(|e| format!("{e}"))?.into()
+        }
+        Kind::BtfTracepoint => {
+            let btf = btf.ok_or("needs kernel BTF")?;
+            let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+            p.load(h.tracepoint, btf)
+                .map_err(|e| format!("verifier: {e}"))?;
+            let id = p.attach().map_err(|e| format!("{e}"))?;
+            if pin.is_none() {
+                return Ok(HookStatus::Attached);
+            }
+            p.take_link(id).map_err(|e| format!("{e}"))?.into()
+        }
+    };
     if let Some(dir) = pin {
-        let link = prog.take_link(id).map_err(|e| format!("{e}"))?;
-        let fd: FdLink = link.into();
-        fd.pin(dir.join("links").join(h.tracepoint))
+        link.pin(dir.join("links").join(h.tracepoint))
             .map_err(|e| format!("pinning link: {e}"))?;
     }
     Ok(HookStatus::Attached)
 }
 
 fn detach_one(ebpf: &mut Ebpf, h: &HookSpec, pin: Option<&Path>) {
-    if let Some(dir) = pin {
-        if let Ok(l) = PinnedLink::from_pin(dir.join("links").join(h.tracepoint)) {
-            let _ = l.unpin();
-        }
+    if let Some(dir) = pin
+        && let Ok(l) = PinnedLink::from_pin(dir.join("links").join(h.tracepoint))
+    {
+        let _ = l.unpin();
     }
+    // Unloading drops the program's unpinned links too.
     if let Some(p) = ebpf.program_mut(h.program) {
-        let p: Result<&mut RawTracePoint, _> = p.try_into();
-        if let Ok(p) = p {
-            // Unloading drops the program's unpinned links too.
-            let _ = p.unload();
+        match h.kind {
+            Kind::RawTracepoint => {
+                if let Ok(p) = <&mut RawTracePoint>::try_from(p) {
+                    let _ = p.unload();
+                }
+            }
+            Kind::BtfTracepoint => {
+                if let Ok(p) = <&mut BtfTracePoint>::try_from(p) {
+                    let _ = p.unload();
+                }
+            }
         }
     }
 }
@@ -359,6 +388,21 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
         }
     };
     let ct_layout = btf.as_ref().and_then(KernelBtf::ct_layout);
+    // The switch program reads one field of the next task's saved registers; its offset comes
+    // from this kernel's BTF (0 leaves the program inert).
+    let orig_ax_off = btf
+        .as_ref()
+        .and_then(|b| b.member_offset("pt_regs", "orig_ax"))
+        .unwrap_or(0);
+    let pid_off = btf
+        .as_ref()
+        .and_then(|b| b.member_offset("task_struct", "pid"))
+        .unwrap_or(0);
+    let aya_btf = if btf.is_some() {
+        aya::Btf::from_sys_fs().ok()
+    } else {
+        None
+    };
     let det = Detection { btf };
     let pin = opts.pin_dir.as_deref();
     if let Some(dir) = pin {
@@ -375,6 +419,8 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
     let ncpu = possible.max().map_or(1, |m| m + 1);
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_LEDGER, ncpu);
+    loader.override_global("PT_REGS_ORIG_AX_OFF", &orig_ax_off, true);
+    loader.override_global("TASK_PID_OFF", &pid_off, true);
     let map_paths: Vec<(&str, PathBuf)> = match pin {
         Some(dir) => PINNED_MAPS
             .iter()
@@ -400,7 +446,10 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
         } else {
             match det.tracepoint_exists(h.tracepoint) {
                 Some(false) => HookStatus::Absent,
-                _ => match attach_one(&mut ebpf, h, pin) {
+                _ if h.tracepoint == "sched_switch" && (orig_ax_off == 0 || pid_off == 0) => {
+                    HookStatus::Skipped("no pt_regs.orig_ax or task_struct.pid in BTF (x86 only)")
+                }
+                _ => match attach_one(&mut ebpf, h, pin, aya_btf.as_ref()) {
                     Ok(s) => s,
                     // Without BTF, absence shows up as ENOENT from the attach.
                     Err(e) if det.btf.is_none() && e.contains("No such file") => HookStatus::Absent,

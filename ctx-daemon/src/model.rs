@@ -182,8 +182,8 @@ impl Model {
                         *x = (*x as u128 * elapsed as u128 / total as u128) as u64;
                     }
                 }
-                for i in 0..4 {
-                    t.exported[i] += d[i];
+                for (e, x) in t.exported.iter_mut().zip(d) {
+                    *e += x;
                 }
                 t.read_ns = read.read_ns;
             }
@@ -266,6 +266,7 @@ pub struct CpuInterval {
     pub page_faults: u64,
     pub idle_entries: u64,
     pub nmis: u64,
+    pub resyncs: u64,
     pub irqs: [[u64; N_ARRIVALS]; N_IRQ_KINDS],
     pub ipis: u64,
     pub avoidable_ipis: u64,
@@ -285,16 +286,11 @@ impl CpuInterval {
             }
             p
         });
-        let mut irqs = [[0u64; N_ARRIVALS]; N_IRQ_KINDS];
-        for k in 0..N_IRQ_KINDS {
-            for s in 0..N_ARRIVALS {
-                irqs[k][s] = b.irqs[k][s].saturating_sub(a.irqs[k][s]);
-            }
-        }
-        let mut verdicts = [0u64; 3];
-        for i in 0..3 {
-            verdicts[i] = b.verdicts[i].saturating_sub(a.verdicts[i]);
-        }
+        let irqs: [[u64; N_ARRIVALS]; N_IRQ_KINDS] = std::array::from_fn(|k| {
+            std::array::from_fn(|s| b.irqs[k][s].saturating_sub(a.irqs[k][s]))
+        });
+        let verdicts: [u64; 3] =
+            std::array::from_fn(|i| b.verdicts[i].saturating_sub(a.verdicts[i]));
         Self {
             cpu: b.cpu,
             dt_ns,
@@ -304,6 +300,7 @@ impl CpuInterval {
             page_faults: b.page_faults.saturating_sub(a.page_faults),
             idle_entries: b.idle_entries.saturating_sub(a.idle_entries),
             nmis: b.nmis.saturating_sub(a.nmis),
+            resyncs: b.resyncs.saturating_sub(a.resyncs),
             irqs,
             ipis: b.ipis().saturating_sub(a.ipis()),
             avoidable_ipis: b.avoidable_ipis().saturating_sub(a.avoidable_ipis()),

@@ -71,6 +71,8 @@ pub struct CpuJson {
     pub page_faults: u64,
     pub idle_entries: u64,
     pub nmis: u64,
+    /// Events that contradicted the mirrored mode (a transition the hooks missed).
+    pub resyncs: u64,
     pub ipis: u64,
     pub avoidable_ipis: u64,
     pub interrupts: std::collections::BTreeMap<&'static str, ByArrival>,
@@ -140,6 +142,7 @@ pub fn build(header: Header, hooks: &HookReport, first: &Sample, last: &Sample) 
                 page_faults: iv.page_faults,
                 idle_entries: iv.idle_entries,
                 nmis: iv.nmis,
+                resyncs: iv.resyncs,
                 ipis: iv.ipis,
                 avoidable_ipis: iv.avoidable_ipis,
                 interrupts,

@@ -1,0 +1,308 @@
+//! The programs (compiled for bpfel-unknown-none only).
+
+use aya_ebpf::{
+    bindings::task_struct,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_task_pt_regs,
+    },
+    macros::{btf_tracepoint, map, raw_tracepoint},
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use aya_log_ebpf::info;
+use ctx_common::{
+    encoding::SeedState,
+    record::{Config, CpuRecord, IrqKind, Ledger, Meta, Source},
+    writer::{MainEvent, irq_arrived, main_event, nmi_handler_ran},
+};
+
+/// One record per CPU, at key 0.
+#[map]
+static CTX_CPU: PerCpuArray<CpuRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Which CPUs context tracking drives; written by the loader once its hooks are attached.
+#[map]
+static CTX_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Written and read by user space only; declared here so it is created and pinned with the
+/// rest.
+#[map]
+static CTX_META: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// User-space counters kept across daemon restarts, one entry per CPU (resized at load).
+#[map]
+static CTX_LEDGER: Array<Ledger> = Array::with_max_entries(1, 0);
+
+/// Byte offsets of `orig_ax` in x86's `struct pt_regs` and of `pid` in `struct task_struct`,
+/// from the running kernel's BTF; set by the loader (0: unknown, the switch program is inert).
+#[unsafe(no_mangle)]
+static PT_REGS_ORIG_AX_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_PID_OFF: u32 = 0;
+
+/// Mode each task was in when it last left a syscall-driven CPU (1 kernel, 2 user), by thread
+/// id, so a switch back to it restores the mirror. LRU: exited threads age out.
+#[map]
+static TASK_MODE: LruHashMap<u32, u8> = LruHashMap::with_max_entries(32768, 0);
+
+const MODE_KERNEL: u8 = 1;
+const MODE_USER: u8 = 2;
+
+/// `power:cpu_idle` passes this state on idle exit.
+const PWR_EVENT_EXIT: u32 = u32::MAX;
+
+#[inline(always)]
+fn record() -> Option<*mut CpuRecord> {
+    CTX_CPU.get_ptr_mut(0)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Only the syscall programs need this; the lookup is an inlined array access.
+#[inline(always)]
+fn ct_cpu() -> bool {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as usize;
+    match CTX_CONFIG.get(0) {
+        Some(cfg) => match cfg.ct_cpus.get(cpu / 64) {
+            Some(w) => *w >> (cpu % 64) & 1 == 1,
+            None => false,
+        },
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn main_ev(ev: MainEvent, ct_cpu: bool) -> u32 {
+    if let Some(r) = record() {
+        // SAFETY: `r` is this CPU's record and every caller runs in main context (see the
+        // hook list in ctx-common's record module).
+        unsafe { main_event(&raw mut (*r).main, now(), ev, ct_cpu) };
+    }
+    0
+}
+
+#[inline(always)]
+fn irq(kind: IrqKind) -> u32 {
+    if let Some(r) = record() {
+        // SAFETY: hard-IRQ context on this CPU.
+        unsafe { irq_arrived(&raw mut (*r).irq, &raw const (*r).main, now(), kind) };
+    }
+    0
+}
+
+// Context tracking: fires on CPUs where it is active (nohz_full), on every user/kernel
+// transition, with IRQs off.
+
+#[raw_tracepoint(tracepoint = "user_enter")]
+pub fn ctx_user_enter(_ctx: RawTracePointContext) -> u32 {
+    main_ev(MainEvent::UserEnter, false)
+}
+
+#[raw_tracepoint(tracepoint = "user_exit")]
+pub fn ctx_user_exit(_ctx: RawTracePointContext) -> u32 {
+    main_ev(MainEvent::UserExit, false)
+}
+
+// Syscall boundaries: the fallback where context tracking is inactive.
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn ctx_sys_enter(_ctx: RawTracePointContext) -> u32 {
+    main_ev(MainEvent::SysEnter, ct_cpu())
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn ctx_sys_exit(_ctx: RawTracePointContext) -> u32 {
+    main_ev(MainEvent::SysExit, ct_cpu())
+}
+
+/// `power:cpu_idle(state, cpu_id)`, always on the CPU it describes.
+#[raw_tracepoint(tracepoint = "cpu_idle")]
+pub fn ctx_cpu_idle(ctx: RawTracePointContext) -> u32 {
+    let state: u64 = ctx.arg(0);
+    if state as u32 == PWR_EVENT_EXIT {
+        main_ev(MainEvent::IdleExit, false)
+    } else {
+        main_ev(MainEvent::IdleEnter, false)
+    }
+}
+
+/// `exceptions:page_fault_user`: counts faults, and claims the user exit that entered for it.
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn ctx_page_fault_user(_ctx: RawTracePointContext) -> u32 {
+    main_ev(MainEvent::Fault, false)
+}
+
+/// `cpuhp:cpuhp_enter(cpu, target, idx, fun)`: hotplug steps; only those running on the CPU
+/// being taken down or brought up matter. Teardown walks states down (target < idx).
+#[raw_tracepoint(tracepoint = "cpuhp_enter")]
+pub fn ctx_cpuhp_enter(ctx: RawTracePointContext) -> u32 {
+    let cpu: u64 = ctx.arg(0);
+    let target: u64 = ctx.arg(1);
+    let idx: u64 = ctx.arg(2);
+    // SAFETY: helper without preconditions.
+    if cpu as u32 != unsafe { bpf_get_smp_processor_id() } {
+        return 0;
+    }
+    let down = (target as i32) < (idx as i32);
+    if let Some(r) = record() {
+        // SAFETY: plain read of this CPU's own record.
+        let was_offline = unsafe { (*r).main.offline } != 0;
+        if down && !was_offline {
+            // Cold path (runs once per hotplug, in the hotplug thread), so a log record and
+            // its wakeup are acceptable here.
+            info!(
+                &ctx,
+                "cpu {}: going offline; its time is credited to no state until it returns", cpu
+            );
+        }
+    }
+    if down {
+        main_ev(MainEvent::CpuDown, false)
+    } else {
+        main_ev(MainEvent::CpuUp, false)
+    }
+}
+
+/// `sched:sched_switch(preempt, prev, next, ...)`, for syscall-driven CPUs: syscall boundaries
+/// alone lose track when a task preempted in user mode resumes there without a sys_exit.
+///
+/// On x86 a task's saved user frame has `orig_ax` = -1 when its current kernel entry is an
+/// interrupt or exception, and the syscall number (>= 0) for a syscall; kernel threads' frames
+/// are zeroed. So `orig_ax < 0` means the task was preempted in user mode and resumes there.
+/// `orig_ax >= 0` is ambiguous: inside a syscall, or preempted on the way out of one after
+/// sys_exit. The mode the task left in (the mirror's mode at its last switch-out, kept by
+/// thread id) settles it. The frame decides first, so a stale or wrong stored mode can never
+/// stick to a task that keeps running in user mode.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn ctx_sched_switch(ctx: BtfTracePointContext) -> u32 {
+    // SAFETY: globals the loader sets; volatile so the compiler cannot fold them to zero.
+    let (regs_off, pid_off) = unsafe {
+        (
+            core::ptr::read_volatile(&PT_REGS_ORIG_AX_OFF),
+            core::ptr::read_volatile(&TASK_PID_OFF),
+        )
+    };
+    let Some(r) = record() else {
+        return 0;
+    };
+    // SAFETY: plain read of this CPU's own record, in its writer's context.
+    let (source, counter) = unsafe { ((*r).main.source, (*r).main.counter) };
+    if regs_off == 0 || pid_off == 0 || source == Source::ContextTracking as u8 || ct_cpu() {
+        return 0;
+    }
+    let prev = bpf_get_current_pid_tgid() as u32;
+    if prev != 0 {
+        let mode = if SeedState::decode(counter) == SeedState::User {
+            MODE_USER
+        } else {
+            MODE_KERNEL
+        };
+        let _ = TASK_MODE.insert(&prev, &mode, 0);
+    }
+    let next_task: *mut task_struct = ctx.arg(2);
+    // SAFETY: `next_task` is the BTF-typed task argument of the tracepoint.
+    let regs = unsafe { bpf_task_pt_regs(next_task) } as *const u8;
+    // SAFETY: probe reads of kernel memory; a fault yields an error, not a crash.
+    let orig_ax: i64 = if regs.is_null() {
+        0
+    } else {
+        unsafe { bpf_probe_read_kernel(regs.add(regs_off as usize) as *const i64) }.unwrap_or(0)
+    };
+    let to_user = orig_ax < 0 || {
+        // SAFETY: as above.
+        let next: u32 = unsafe {
+            bpf_probe_read_kernel((next_task as *const u8).add(pid_off as usize) as *const u32)
+        }
+        .unwrap_or(0);
+        next != 0
+            && TASK_MODE
+                .get_ptr(&next)
+                // SAFETY: a live map value.
+                .is_some_and(|m| unsafe { *m } == MODE_USER)
+    };
+    if to_user {
+        main_ev(MainEvent::SwitchToUser, false)
+    } else {
+        main_ev(MainEvent::SwitchToKernel, false)
+    }
+}
+
+/// `nmi:nmi_handler(handler, delta_ns, handled)`: after each NMI handler ran (x86).
+#[raw_tracepoint(tracepoint = "nmi_handler")]
+pub fn ctx_nmi_handler(ctx: RawTracePointContext) -> u32 {
+    let handler: u64 = ctx.arg(0);
+    let delta: u64 = ctx.arg(1);
+    if let Some(r) = record() {
+        // SAFETY: NMI context on this CPU, the NmiPart's only writer.
+        unsafe {
+            nmi_handler_ran(
+                &raw mut (*r).nmi,
+                &raw const (*r).main,
+                now(),
+                handler,
+                delta as i64,
+            )
+        };
+    }
+    0
+}
+
+// Interrupts, by x86 vector. Each counts by the state the CPU was in when it arrived.
+
+#[raw_tracepoint(tracepoint = "reschedule_entry")]
+pub fn ctx_reschedule(_ctx: RawTracePointContext) -> u32 {
+    irq(IrqKind::Reschedule)
+}
+
+#[raw_tracepoint(tracepoint = "call_function_entry")]
+pub fn ctx_call_function(_ctx: RawTracePointContext) -> u32 {
+    irq(IrqKind::CallFunction)
+}
+
+#[raw_tracepoint(tracepoint = "call_function_single_entry")]
+pub fn ctx_call_function_single(_ctx: RawTracePointContext) -> u32 {
+    irq(IrqKind::CallFunctionSingle)
+}
+
+#[raw_tracepoint(tracepoint = "irq_work_entry")]
+pub fn ctx_irq_work(_ctx: RawTracePointContext) -> u32 {
+    irq(IrqKind::IrqWork)
+}
+
+#[raw_tracepoint(tracepoint = "local_timer_entry")]
+pub fn ctx_local_timer(_ctx: RawTracePointContext) -> u32 {
+    irq(IrqKind::LocalTimer)
+}
+
+/// `irq:irq_handler_entry`: device interrupts (one event per action of a shared line).
+#[raw_tracepoint(tracepoint = "irq_handler_entry")]
+pub fn ctx_device_irq(_ctx: RawTracePointContext) -> u32 {
+    irq(IrqKind::Device)
+}
+
+/// The same programs with nothing in them, for the benchmark's "empty probe" case.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn ctx_empty_a(_ctx: RawTracePointContext) -> u32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn ctx_empty_b(_ctx: RawTracePointContext) -> u32 {
+    0
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; it exists to satisfy no_std.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
