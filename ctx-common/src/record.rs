@@ -291,14 +291,13 @@ impl Config {
     }
 }
 
-/// User-space counters that must survive a daemon restart (the sampler's verdict counts),
-/// kept per CPU in an array map pinned beside the kernel-written ones.
+/// User-space counters that must survive a daemon restart (the sampler's verdict counts and
+/// its own totals), in an array map pinned beside the kernel-written ones. The eBPF side only
+/// declares the map; the meaning of the words is user space's (see ctx-daemon's `ledger`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
-    /// Samples by `Verdict as usize`.
-    pub samples: [u64; 3],
-    pub reserved: [u64; 5],
+    pub words: [u64; 8],
 }
 
 const _: () = {

@@ -94,7 +94,12 @@ fn bits_per(v: i64) -> u32 {
 
 impl KernelBtf {
     pub fn load(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file(path).map_err(|e| BtfError {
+        // One read: parsing from the file directly costs tens of thousands of small reads.
+        let bytes = std::fs::read(path).map_err(|e| BtfError {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let btf = Btf::from_bytes(&bytes).map_err(|e| BtfError {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;

@@ -5,11 +5,16 @@
 
 pub mod btf;
 pub mod cli;
+pub mod config;
+pub mod export;
 pub mod hooks;
+pub mod ledger;
 pub mod loader;
 pub mod model;
 pub mod report;
 pub mod sample;
+pub mod serve;
+pub mod service;
 pub mod session;
 pub mod system;
 

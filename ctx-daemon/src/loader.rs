@@ -104,8 +104,8 @@ impl Origin {
 pub struct Probes {
     /// Owns unpinned programs and links: dropping it detaches them.
     _ebpf: Option<Ebpf>,
-    /// aya-log's ring buffer, when the object logs on its cold paths.
-    pub logs: Option<Map>,
+    /// Id of the program that logs on a cold path (aya-log), to read its records.
+    pub log_prog_id: Option<u32>,
     /// Taken by the sampler; see [`Probes::take_cpu_map`].
     cpu: Option<PerCpuArray<MapData, CpuRecord>>,
     pub ledger: Option<Array<MapData, Ledger>>,
@@ -287,7 +287,7 @@ pub fn open_pinned(dir: &Path, sys: &SysRoot) -> Result<Option<Probes>, LoadErro
     }
     Ok(Some(Probes {
         _ebpf: None,
-        logs: None,
+        log_prog_id: None,
         cpu: Some(cpu),
         ledger: None,
         meta,
@@ -418,7 +418,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
     let possible = opts.sys.possible()?;
     let ncpu = possible.max().map_or(1, |m| m + 1);
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(MAP_LEDGER, ncpu);
+    loader.map_max_entries(MAP_LEDGER, ncpu + crate::ledger::GLOBAL_ENTRIES);
     loader.override_global("PT_REGS_ORIG_AX_OFF", &orig_ax_off, true);
     loader.override_global("TASK_PID_OFF", &pid_off, true);
     let map_paths: Vec<(&str, PathBuf)> = match pin {
@@ -553,13 +553,27 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
         Some(m) => Some(Array::try_from(m).map_err(map_err(MAP_LEDGER))?),
         None => None,
     };
-    let logs = ebpf.take_map(MAP_LOGS);
+    // The hotplug program logs (a cold path); its id lets aya-log find the ring buffer, for
+    // reused (pinned) programs too.
+    let log_hook = "cpuhp_enter";
+    let log_prog_id = match pin {
+        Some(dir) => PinnedLink::from_pin(dir.join("links").join(log_hook))
+            .ok()
+            .and_then(|l| FdLink::from(l).info().ok())
+            .map(|i| i.program_id()),
+        None => HOOKS
+            .iter()
+            .find(|h| h.tracepoint == log_hook)
+            .and_then(|h| ebpf.program(h.program))
+            .and_then(|p| p.info().ok())
+            .map(|i| i.id()),
+    };
     for (h, s) in &report.hooks {
         debug!(hook = h.tracepoint, group = h.group, status = %s, "hook");
     }
     Ok(Probes {
         _ebpf: Some(ebpf),
-        logs,
+        log_prog_id,
         cpu: Some(cpu),
         ledger,
         meta,

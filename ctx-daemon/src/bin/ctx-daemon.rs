@@ -1,31 +1,59 @@
-//! ctx-daemon: keeps the programs attached and pinned, samples every CPU without IPIs.
+//! ctx-daemon: keeps ctx's programs attached (pinned, so restarts reuse them instead of
+//! attaching again), samples every CPU without IPIs, and serves Prometheus metrics.
 
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use ctx::cli::{init_logging, parse_duration};
-use ctx::loader::{self, DEFAULT_PIN_DIR};
+use ctx::config::{self, DEFAULT_CONFIG, FlagConfig, Settings};
+use ctx::export::ExportStatic;
+use ctx::hooks::HOOKS;
+use ctx::ledger::LedgerMap;
+use ctx::loader;
+use ctx::serve::{self, Shared};
+use ctx::service::{self, Sampler};
 use ctx::session::{Attach, Session};
-use ctx::system::SysRoot;
-use tracing::info;
+use ctx::system::{CpuSet, SysRoot};
+use sd_notify::NotifyState;
+use tracing::{info, warn};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "ctx-daemon",
     version,
-    about = "Per-CPU context-tracking mirror and exporter"
+    about = "Per-CPU context-tracking mirror: user/kernel/idle/NMI residency, IPI verdicts and IPIs received, as Prometheus metrics"
 )]
 struct Args {
-    #[arg(long, default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
-    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
-    sample_interval: Duration,
-    /// Remove the pinned programs and maps, then exit.
+    /// Address to serve /metrics and /healthz on [default: 0.0.0.0:10977].
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// Export only these CPUs (e.g. the nohz_full set, 1-15) [default: all].
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<CpuSet>,
+    /// How often every CPU's state is sampled for verdicts [default: 10ms].
+    #[arg(long, value_parser = parse_duration)]
+    sample_interval: Option<Duration>,
+    /// bpffs directory for the pinned maps and links [default: /sys/fs/bpf/ctx].
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// TOML config file; flags win over it.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Let ctx's own threads run on nohz_full CPUs too (by default it keeps to the others).
+    #[arg(long)]
+    no_housekeeping_affinity: bool,
+    /// Remove the pinned programs and maps (detaching ctx from the kernel), then exit.
     #[arg(long)]
     detach: bool,
+    /// Check what would attach, print it, and exit without attaching or serving.
+    #[arg(long)]
+    check: bool,
 }
 
 fn main() -> ExitCode {
@@ -40,22 +68,298 @@ fn main() -> ExitCode {
     }
 }
 
+fn settings(args: &Args) -> anyhow::Result<Settings> {
+    let explicit = args.config.as_os_str() != DEFAULT_CONFIG;
+    let file = config::read_file(&args.config, explicit)?;
+    let flags = FlagConfig {
+        listen: args.listen,
+        cpus: args.cpus.clone(),
+        sample_interval: args.sample_interval,
+        pin_dir: args.pin_dir.clone(),
+        housekeeping_affinity: args.no_housekeeping_affinity.then_some(false),
+    };
+    Ok(config::resolve(&flags, file.as_ref(), &args.config)?)
+}
+
 fn run(args: &Args) -> anyhow::Result<()> {
+    let set = settings(args)?;
     if args.detach {
-        let r = loader::detach(&args.pin_dir)?;
-        info!(links = r.links, maps = r.maps, dir = %args.pin_dir.display(), "detached");
+        let r = loader::detach(&set.pin_dir)?;
+        info!(links = r.links, maps = r.maps, dir = %set.pin_dir.display(), "detached");
         return Ok(());
     }
-    let mut s = Session::open(
-        &Attach::Daemon {
-            pin_dir: args.pin_dir.clone(),
-        },
-        SysRoot::default(),
-    )
-    .context("attaching")?;
-    info!(hooks = %s.probes.hooks_summary(), "attached");
-    loop {
-        s.sample()?;
-        std::thread::sleep(args.sample_interval);
+    let sys = SysRoot::default();
+    if args.check {
+        return check(&set, &sys);
     }
+    if set.housekeeping_affinity
+        && let Some(cpus) = service::pin_to_housekeeping(&sys)
+    {
+        info!(%cpus, "running on housekeeping CPUs only");
+    }
+    // Bind before attaching: attaching text-patches the kernel and IPIs every CPU, which is
+    // not worth doing for a daemon that then cannot serve.
+    let listener = TcpListener::bind(set.listen).with_context(|| {
+        format!(
+            "cannot listen on {}: choose another address with --listen or `listen` in {}",
+            set.listen,
+            args.config.display()
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+
+    let mut session = Session::open(
+        &Attach::Daemon {
+            pin_dir: set.pin_dir.clone(),
+        },
+        sys.clone(),
+    )
+    .context("attaching ctx's programs")?;
+    let reused = session
+        .probes
+        .hooks
+        .hooks
+        .iter()
+        .filter(|(_, s)| matches!(s, ctx::hooks::HookStatus::Reused))
+        .count();
+    info!(
+        reused,
+        hooks = %session.probes.hooks_summary(),
+        pin_dir = %set.pin_dir.display(),
+        "programs ready"
+    );
+    for (h, s) in &session.probes.hooks.hooks {
+        if !s.active() {
+            warn!(hook = format!("{}:{}", h.group, h.tracepoint), status = %s, "hook not in use");
+        }
+    }
+    // Opened before dropping capabilities: finding a program's maps by id needs CAP_SYS_ADMIN.
+    let logger = session.probes.log_prog_id.and_then(open_log_reader);
+    let ledger = session.probes.ledger.take().map(LedgerMap::new);
+    match service::drop_capabilities() {
+        Ok(kept) => info!(kept = %kept, "dropped capabilities not needed for sampling"),
+        Err(e) => warn!("could not drop capabilities: {e}"),
+    }
+
+    let mut hooks: Vec<(String, String, String)> = session
+        .probes
+        .hooks
+        .hooks
+        .iter()
+        .map(|(h, s)| (h.group.into(), h.tracepoint.into(), s.label().into()))
+        .collect();
+    for (g, tp, present) in &session.probes.hooks.detected {
+        let status = if *present { "detected" } else { "absent" };
+        hooks.push(((*g).into(), (*tp).into(), status.into()));
+    }
+    let links = HOOKS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| session.probes.meta.hooks_attached & (1 << i) != 0)
+        .map(|(_, h)| set.pin_dir.join("links").join(h.tracepoint))
+        .collect();
+    let stat = ExportStatic {
+        version: ctx::VERSION.into(),
+        kernel: sys.kernel_release(),
+        hooks,
+        cpus: set.cpus.clone(),
+        attached_unix: session.probes.meta.attached_at_ns as f64 * 1e-9,
+    };
+
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 3);
+    let mut sampler = Sampler {
+        session,
+        ledger,
+        shared: Arc::new(Shared::new(
+            stat.clone(),
+            ctx::export::ExportView {
+                sample: Arc::new(ctx::model::Sample {
+                    taken_ns: 0,
+                    sweep_ns: 0,
+                    torn: 0,
+                    stale: 0,
+                    cpus: vec![],
+                }),
+                verdicts: Arc::default(),
+                totals: Default::default(),
+                last_sample_unix: 0.0,
+                sampler_up: false,
+            },
+            service::max_age(set.sample_interval),
+            links,
+        )),
+        interval: set.sample_interval,
+        totals: Default::default(),
+        watchdog,
+    };
+    sampler.restore();
+    let first = sampler
+        .step()
+        .context("first sample of the per-CPU map failed")?;
+    sampler
+        .shared
+        .publish(service::initial_view(&first), first.taken_ns);
+    let shared = Arc::clone(&sampler.shared);
+    let status = service::status_line(&first);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_s = Arc::clone(&stop);
+    let sampler_thread = std::thread::Builder::new()
+        .name("ctx-sampler".into())
+        .spawn(move || sampler.run(&stop_s))
+        .context("starting the sampler thread")?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let served = rt.block_on(async move {
+        if let Some(l) = logger {
+            spawn_log_reader(l);
+        }
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        info!(listen = %set.listen, "serving /metrics and /healthz");
+        service::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        axum::serve(listener, serve::router(shared))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+    service::notify(&[NotifyState::Stopping]);
+    stop.store(true, Ordering::Relaxed);
+    if sampler_thread.join().is_err() {
+        warn!("sampler thread panicked");
+    }
+    served.context("serving HTTP")?;
+    info!(
+        "stopped; programs stay attached (pinned) for the next start; `ctx-daemon --detach` removes them"
+    );
+    Ok(())
+}
+
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+fn open_log_reader(prog_id: u32) -> Option<Logger> {
+    aya_log::EbpfLogger::init_from_id(prog_id)
+        .map_err(|e| warn!("eBPF log records unavailable: {e}"))
+        .ok()
+}
+
+/// Forwards the eBPF side's cold-path log records (aya-log) to our log.
+fn spawn_log_reader(logger: Logger) {
+    // SAFETY: the logger owns its ring buffer fd; flushing does not close or replace it.
+    let fd = match unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("eBPF log records unavailable: {e}");
+            return;
+        }
+    };
+    let mut fd = fd;
+    tokio::spawn(async move {
+        loop {
+            match fd.readable_mut().await {
+                Ok(mut g) => {
+                    g.get_inner_mut().flush();
+                    g.clear_ready();
+                }
+                Err(e) => {
+                    warn!("eBPF log reader stopped: {e}");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => info!("SIGTERM: stopping"),
+                _ = i.recv() => info!("SIGINT: stopping"),
+            }
+        }
+        _ => {
+            warn!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// `--check`: preflight without attaching.
+fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
+    println!("ctx-daemon {} check", ctx::VERSION);
+    println!("kernel: {}", sys.kernel_release());
+    println!("listen: {}", set.listen);
+    println!("pin dir: {}", set.pin_dir.display());
+    println!("sample interval: {:?}", set.sample_interval);
+    let nohz = sys.nohz_full();
+    println!(
+        "nohz_full: {}",
+        if nohz.is_empty() {
+            "-".into()
+        } else {
+            nohz.to_string()
+        }
+    );
+    let caps = sys.effective_caps()?;
+    let missing = ctx::system::missing_caps(caps);
+    println!(
+        "capabilities: {}",
+        if missing.is_empty() {
+            "ok".into()
+        } else {
+            format!("missing {}", missing.join(", "))
+        }
+    );
+    let btf = ctx::btf::KernelBtf::load(&sys.btf_path());
+    match &btf {
+        Ok(b) => {
+            println!("BTF: {}", sys.btf_path().display());
+            if let Some(l) = b.ct_layout() {
+                println!("kernel context_tracking.state: {}", l.describe());
+            }
+            for h in HOOKS.iter() {
+                println!(
+                    "hook {}:{}: {}",
+                    h.group,
+                    h.tracepoint,
+                    if b.has_tracepoint(h.tracepoint) {
+                        "present"
+                    } else {
+                        "absent"
+                    }
+                );
+            }
+            for (g, tp) in ctx::hooks::DETECTED_ONLY {
+                println!(
+                    "hook {g}:{tp} (reported only): {}",
+                    if b.has_tracepoint(tp) {
+                        "present"
+                    } else {
+                        "absent"
+                    }
+                );
+            }
+        }
+        Err(e) => println!("BTF: {e}"),
+    }
+    let pinned = set.pin_dir.join("maps").join("CTX_META").exists();
+    println!(
+        "pinned programs: {}",
+        if pinned {
+            "present (a start reuses them)"
+        } else {
+            "none (a start attaches)"
+        }
+    );
+    if !missing.is_empty() {
+        anyhow::bail!("missing capabilities: {}", missing.join(", "));
+    }
+    Ok(())
 }

@@ -1,0 +1,208 @@
+//! ctx-daemon settings: built-in defaults, then the TOML config file, then flags (flags win).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::cli::parse_duration;
+use crate::loader::DEFAULT_PIN_DIR;
+use crate::system::CpuSet;
+
+/// Beyond the 9100-9999 exporter range of Prometheus' default port allocations, which has
+/// been fully allocated since 2023.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:10977";
+pub const DEFAULT_CONFIG: &str = "/etc/ctx/ctx.toml";
+pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The config file. Every key is optional and mirrors a flag.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub cpus: Option<String>,
+    pub sample_interval: Option<String>,
+    pub pin_dir: Option<PathBuf>,
+    pub housekeeping_affinity: Option<bool>,
+}
+
+/// Flags as given (None: not on the command line).
+#[derive(Debug, Default, Clone)]
+pub struct FlagConfig {
+    pub listen: Option<SocketAddr>,
+    pub cpus: Option<CpuSet>,
+    pub sample_interval: Option<Duration>,
+    pub pin_dir: Option<PathBuf>,
+    pub housekeeping_affinity: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub cpus: Option<CpuSet>,
+    pub sample_interval: Duration,
+    pub pin_dir: PathBuf,
+    /// Keep ctx's own threads off nohz_full CPUs.
+    pub housekeeping_affinity: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {message}")]
+    Value {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// Reads `path`; `Ok(None)` when it is the default path and does not exist.
+pub fn read_file(path: &Path, explicit: bool) -> Result<Option<FileConfig>, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(None),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    parse_file(&text, path).map(Some)
+}
+
+pub fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim().replace('\n', " "),
+    })
+}
+
+pub fn resolve(
+    flags: &FlagConfig,
+    file: Option<&FileConfig>,
+    path: &Path,
+) -> Result<Settings, ConfigError> {
+    let bad = |key, message: String| ConfigError::Value {
+        path: path.to_owned(),
+        key,
+        message,
+    };
+    let f = file.cloned_default();
+    let listen = match (flags.listen, &f.listen) {
+        (Some(l), _) => l,
+        (None, Some(s)) => s
+            .parse()
+            .map_err(|e| bad("listen", format!("{s:?}: {e} (expected ADDR:PORT)")))?,
+        (None, None) => DEFAULT_LISTEN
+            .parse()
+            .map_err(|e| bad("listen", format!("built-in default: {e}")))?,
+    };
+    let cpus = match (&flags.cpus, &f.cpus) {
+        (Some(c), _) => Some(c.clone()),
+        (None, Some(s)) => Some(s.parse().map_err(|e| bad("cpus", format!("{e}")))?),
+        (None, None) => None,
+    };
+    let sample_interval = match (flags.sample_interval, &f.sample_interval) {
+        (Some(d), _) => d,
+        (None, Some(s)) => parse_duration(s).map_err(|e| bad("sample_interval", e))?,
+        (None, None) => DEFAULT_SAMPLE_INTERVAL,
+    };
+    let pin_dir = flags
+        .pin_dir
+        .clone()
+        .or(f.pin_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+    let housekeeping_affinity = flags
+        .housekeeping_affinity
+        .or(f.housekeeping_affinity)
+        .unwrap_or(true);
+    Ok(Settings {
+        listen,
+        cpus,
+        sample_interval,
+        pin_dir,
+        housekeeping_affinity,
+    })
+}
+
+trait ClonedDefault {
+    fn cloned_default(&self) -> FileConfig;
+}
+
+impl ClonedDefault for Option<&FileConfig> {
+    fn cloned_default(&self) -> FileConfig {
+        self.map(|f| FileConfig {
+            listen: f.listen.clone(),
+            cpus: f.cpus.clone(),
+            sample_interval: f.sample_interval.clone(),
+            pin_dir: f.pin_dir.clone(),
+            housekeeping_affinity: f.housekeeping_affinity,
+        })
+        .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_over_defaults() {
+        let p = Path::new("/etc/ctx/ctx.toml");
+        let file = parse_file(
+            "listen = \"127.0.0.1:1234\"\ncpus = \"1-3\"\nsample_interval = \"20ms\"\n",
+            p,
+        )
+        .unwrap();
+        let s = resolve(&FlagConfig::default(), Some(&file), p).unwrap();
+        assert_eq!(s.listen.port(), 1234);
+        assert_eq!(s.cpus.unwrap().to_string(), "1-3");
+        assert_eq!(s.sample_interval, Duration::from_millis(20));
+        assert_eq!(s.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        let flags = FlagConfig {
+            listen: Some("127.0.0.1:99".parse().unwrap()),
+            sample_interval: Some(Duration::from_millis(5)),
+            ..Default::default()
+        };
+        let s = resolve(&flags, Some(&file), p).unwrap();
+        assert_eq!(s.listen.port(), 99);
+        assert_eq!(s.sample_interval, Duration::from_millis(5));
+        let s = resolve(&FlagConfig::default(), None, p).unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert!(s.housekeeping_affinity);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let p = Path::new("/x.toml");
+        let e = parse_file("lisen = \"a\"", p).unwrap_err().to_string();
+        assert!(e.contains("/x.toml") && e.contains("lisen"), "{e}");
+        let f = parse_file("sample_interval = \"soon\"", p).unwrap();
+        let e = resolve(&FlagConfig::default(), Some(&f), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sample_interval"), "{e}");
+        let f = parse_file("listen = \"nowhere\"", p).unwrap();
+        let e = resolve(&FlagConfig::default(), Some(&f), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ADDR:PORT"), "{e}");
+        assert!(
+            read_file(Path::new("/nonexistent/ctx.toml"), false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(read_file(Path::new("/nonexistent/ctx.toml"), true).is_err());
+    }
+}

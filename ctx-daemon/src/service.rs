@@ -1,0 +1,250 @@
+//! The daemon's sampling loop and process hygiene: housekeeping affinity, dropping
+//! capabilities once attached, and systemd notifications.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::export::ExportView;
+use crate::ledger::{LedgerMap, SamplerTotals};
+use crate::model::Sample;
+use crate::serve::Shared;
+use crate::session::Session;
+use crate::system::{self, CpuSet, SysRoot, mono_now_ns};
+
+/// How often user-space counters are persisted (and, with them, published to scrapes).
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Restricts this process (and threads it starts later) to CPUs outside nohz_full, so ctx
+/// never competes with the work it watches. Returns the set, or `None` when there is nothing
+/// to avoid.
+pub fn pin_to_housekeeping(sys: &SysRoot) -> Option<CpuSet> {
+    let nohz = sys.nohz_full();
+    if nohz.is_empty() {
+        return None;
+    }
+    let online = sys.online().ok()?;
+    let keep: CpuSet = online.iter().filter(|c| !nohz.contains(*c)).collect();
+    if keep.is_empty() {
+        warn!("every online CPU is nohz_full; leaving ctx's affinity alone");
+        return None;
+    }
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET is bounded by CPU_SETSIZE below.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in keep
+            .iter()
+            .filter(|c| (*c as usize) < libc::CPU_SETSIZE as usize)
+        {
+            libc::CPU_SET(c as usize, &mut set);
+        }
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        warn!(
+            "cannot move ctx to housekeeping CPUs {keep}: {}",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    Some(keep)
+}
+
+/// Keeps only what sampling needs once the programs are attached: CAP_BPF (reading maps is a
+/// bpf(2) call, which kernel.unprivileged_bpf_disabled reserves for it on kernels before the
+/// BPF-token rework) or CAP_SYS_ADMIN where the kernel predates CAP_BPF.
+pub fn drop_capabilities() -> Result<String, caps::errors::CapsError> {
+    use caps::{CapSet, Capability};
+    let eff = caps::read(None, CapSet::Effective)?;
+    let keep_one = if eff.contains(&Capability::CAP_BPF) {
+        Capability::CAP_BPF
+    } else {
+        Capability::CAP_SYS_ADMIN
+    };
+    let keep: caps::CapsHashSet = [keep_one].into_iter().filter(|c| eff.contains(c)).collect();
+    caps::clear(None, CapSet::Ambient)?;
+    caps::set(None, CapSet::Effective, &keep)?;
+    caps::set(None, CapSet::Permitted, &keep)?;
+    caps::set(None, CapSet::Inheritable, &caps::CapsHashSet::new())?;
+    Ok(keep
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+/// systemd's notify protocol; a no-op when not started by systemd.
+pub fn notify(states: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(states)
+    {
+        warn!("sd_notify: {e}");
+    }
+}
+
+/// Everything the sampling thread owns.
+pub struct Sampler {
+    pub session: Session,
+    pub ledger: Option<LedgerMap>,
+    pub shared: Arc<Shared>,
+    pub interval: Duration,
+    pub totals: SamplerTotals,
+    /// How often to feed systemd's watchdog (`None`: not asked to).
+    pub watchdog: Option<Duration>,
+}
+
+fn unix_now() -> f64 {
+    system::realtime_now_ns() as f64 * 1e-9
+}
+
+/// One-line state of the host for `STATUS=`.
+pub fn status_line(s: &Sample) -> String {
+    let online = s.cpus.iter().filter(|c| c.online).count();
+    let needed = s
+        .cpus
+        .iter()
+        .filter(|c| c.verdict.is_some_and(ctx_common::Verdict::ipi_needed))
+        .count();
+    let ct = s
+        .cpus
+        .iter()
+        .filter(|c| c.source == crate::model::SourceLabel::ContextTracking)
+        .count();
+    format!("sampling {online} CPUs ({ct} via context tracking); {needed} would need an IPI now")
+}
+
+impl Sampler {
+    /// Restores user-space counters kept across restarts.
+    pub fn restore(&mut self) {
+        let Some(l) = &self.ledger else { return };
+        match l.read_totals() {
+            Ok(t) => self.totals = self.totals.max(t),
+            Err(e) => warn!("{e}"),
+        }
+        for cpu in self.session.possible.iter() {
+            match l.read_cpu(cpu) {
+                Ok(v) => self.session.model.seed_verdicts(cpu, v),
+                Err(e) => warn!("{e}"),
+            }
+        }
+    }
+
+    fn verdicts(&self) -> BTreeMap<u32, [u64; 3]> {
+        self.session
+            .possible
+            .iter()
+            .filter_map(|c| self.session.model.verdicts(c).map(|v| (c, v)))
+            .collect()
+    }
+
+    /// Persists, then returns what was persisted (what scrapes may show).
+    fn flush(&mut self) -> (Arc<BTreeMap<u32, [u64; 3]>>, SamplerTotals) {
+        let verdicts = self.verdicts();
+        if let Some(l) = &mut self.ledger {
+            let mut ok = l
+                .write_totals(self.totals)
+                .map_err(|e| warn!("{e}"))
+                .is_ok();
+            for (cpu, v) in &verdicts {
+                ok &= l.write_cpu(*cpu, *v).map_err(|e| warn!("{e}")).is_ok();
+            }
+            if !ok {
+                warn!("counter ledger not updated; counters may repeat values after a restart");
+            }
+        }
+        (Arc::new(verdicts), self.totals)
+    }
+
+    /// One sweep. Returns the sample on success.
+    pub fn step(&mut self) -> Option<Sample> {
+        match self.session.sample() {
+            Ok(s) => {
+                self.totals.sweeps += 1;
+                self.totals.torn += u64::from(s.torn);
+                self.totals.stale += u64::from(s.stale);
+                self.totals.observe(s.sweep_ns);
+                Some(s)
+            }
+            Err(e) => {
+                self.totals.errors += 1;
+                warn!("sampling failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// Samples every `interval` until `stop`, publishing each sweep; user-space counters are
+    /// persisted and published once per [`FLUSH_EVERY`].
+    pub fn run(mut self, stop: &AtomicBool) {
+        let mut persisted = self.flush();
+        let mut last_flush = Instant::now();
+        let mut last_status = Instant::now();
+        let mut last_dog = Instant::now();
+        let mut next = Instant::now() + self.interval;
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(s) = self.step() {
+                let taken = s.taken_ns;
+                let latest = Arc::new(s);
+                if last_flush.elapsed() >= FLUSH_EVERY {
+                    persisted = self.flush();
+                    last_flush = Instant::now();
+                }
+                self.shared.publish(
+                    ExportView {
+                        sample: Arc::clone(&latest),
+                        verdicts: Arc::clone(&persisted.0),
+                        totals: persisted.1,
+                        last_sample_unix: unix_now(),
+                        sampler_up: true,
+                    },
+                    taken,
+                );
+                if let Some(every) = self.watchdog
+                    && last_dog.elapsed() >= every
+                {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                    last_dog = Instant::now();
+                }
+                if last_status.elapsed() >= Duration::from_secs(10) {
+                    let line = status_line(&latest);
+                    notify(&[sd_notify::NotifyState::Status(&line)]);
+                    last_status = Instant::now();
+                }
+            }
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+                next += self.interval;
+            } else {
+                // Fell behind (a slow sweep or a stop of the process): do not try to catch up.
+                next = now + self.interval;
+            }
+        }
+        self.flush();
+        info!(sweeps = self.totals.sweeps, "sampler stopped");
+    }
+}
+
+/// The time after which a sweep counts as stale.
+pub fn max_age(interval: Duration) -> u64 {
+    (interval.as_nanos() as u64 * 10).max(1_000_000_000)
+}
+
+/// The view published before the first sweep finished.
+pub fn initial_view(first: &Sample) -> ExportView {
+    ExportView {
+        sample: Arc::new(first.clone()),
+        verdicts: Arc::new(BTreeMap::new()),
+        totals: SamplerTotals::default(),
+        last_sample_unix: unix_now(),
+        sampler_up: true,
+    }
+}
+
+/// CLOCK_MONOTONIC now, for callers publishing outside the loop.
+pub fn now_mono() -> u64 {
+    mono_now_ns()
+}
