@@ -310,7 +310,7 @@ def main():
     ap.add_argument("--promtool", help="path to promtool, to parse every expression offline")
     ap.add_argument("--prometheus", metavar="URL", help="run every query against this Prometheus")
     ap.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
-                    help="value for a variable (default: instance=localhost:9977, cpu=.*, "
+                    help="value for a variable (default: instance=localhost:10977, cpu=.*, "
                          "__rate_interval=1m, ...)")
     ap.add_argument("--list", action="store_true", help="print the substituted expressions")
     ap.add_argument("--out", help="write the substituted expressions to this file")
@@ -327,7 +327,7 @@ def main():
     exprs, var_queries = check_dashboard(d, rep)
 
     values = dict(BUILTIN_VARS)
-    values.update({"instance": "localhost:9977", "cpu": ".*", "datasource": "prometheus"})
+    values.update({"instance": "localhost:10977", "cpu": ".*", "datasource": "prometheus"})
     for kv in args.var:
         k, sep, v = kv.partition("=")
         if not sep:

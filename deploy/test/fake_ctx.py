@@ -153,7 +153,7 @@ class Model:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--listen", default="127.0.0.1:9977", help="ADDR:PORT to serve on")
+    ap.add_argument("--listen", default="127.0.0.1:10977", help="ADDR:PORT to serve on")
     ap.add_argument("--dump", action="store_true", help="print one exposition and exit")
     args = ap.parse_args()
     model = Model(time.time())

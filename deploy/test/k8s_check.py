@@ -93,8 +93,8 @@ def main():
     args = c.get("args", [])
     if "--pin-dir" not in args or args[args.index("--pin-dir") + 1] != HOST_PATHS["/sys/fs/bpf/ctx"][0]:
         errors.append("container args must pass --pin-dir " + HOST_PATHS["/sys/fs/bpf/ctx"][0])
-    if "--listen" not in args or not args[args.index("--listen") + 1].endswith(":9977"):
-        errors.append("container args must --listen on port 9977")
+    if "--listen" not in args or not args[args.index("--listen") + 1].endswith(":10977"):
+        errors.append("container args must --listen on port 10977")
 
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
