@@ -146,7 +146,19 @@ unsafe fn claim_source(m: *mut MainPart, source: Source) {
     }
 }
 
-/// Applies a main-context event at `now` (`bpf_ktime_get_ns`).
+/// Applies a main-context event at time `now` (`bpf_ktime_get_ns`). See [`main_event_with`].
+///
+/// # Safety
+/// As for [`main_event_with`].
+#[inline(always)]
+pub unsafe fn main_event(m: *mut MainPart, now: u64, ev: MainEvent, ct_cpu: bool) {
+    // SAFETY: caller contract.
+    unsafe { main_event_with(m, || now, ev, ct_cpu) }
+}
+
+/// Applies a main-context event, reading the clock through `now` only when the event moves
+/// time between states: on a context-tracking CPU, syscall and fault events only count, and
+/// skipping the clock there saves a helper call on the isolated CPU's hottest path.
 ///
 /// `ct_cpu`: context tracking is known to drive this CPU (it is nohz_full and the
 /// context_tracking hooks are attached), so syscall events must not move its state.
@@ -155,7 +167,12 @@ unsafe fn claim_source(m: *mut MainPart, source: Source) {
 /// `m` points to the current CPU's `MainPart`, and the caller runs in main context (task
 /// context or an IRQs-off path, never an interrupt handler), which is the part's only writer.
 #[inline(always)]
-pub unsafe fn main_event(m: *mut MainPart, now: u64, ev: MainEvent, ct_cpu: bool) {
+pub unsafe fn main_event_with(
+    m: *mut MainPart,
+    now: impl FnOnce() -> u64,
+    ev: MainEvent,
+    ct_cpu: bool,
+) {
     // SAFETY: caller contract.
     unsafe {
         let gen_ = rd(&raw const (*m).seq_end).wrapping_add(1);
@@ -165,26 +182,26 @@ pub unsafe fn main_event(m: *mut MainPart, now: u64, ev: MainEvent, ct_cpu: bool
         match ev {
             MainEvent::UserEnter => {
                 claim_source(m, Source::ContextTracking);
-                account(m, now);
+                account(m, now());
                 to_user(m);
             }
             MainEvent::UserExit => {
                 claim_source(m, Source::ContextTracking);
-                account(m, now);
+                account(m, now());
                 to_kernel(m);
             }
             MainEvent::SysEnter => {
                 bump(&raw mut (*m).syscalls, 1);
                 if !ct_driven {
                     claim_source(m, Source::Syscalls);
-                    account(m, now);
+                    account(m, now());
                     to_kernel(m);
                 }
             }
             MainEvent::SysExit => {
                 if !ct_driven {
                     claim_source(m, Source::Syscalls);
-                    account(m, now);
+                    account(m, now());
                     to_user(m);
                 }
             }
@@ -195,7 +212,7 @@ pub unsafe fn main_event(m: *mut MainPart, now: u64, ev: MainEvent, ct_cpu: bool
             MainEvent::SwitchToUser | MainEvent::SwitchToKernel => {
                 if !ct_driven {
                     claim_source(m, Source::Syscalls);
-                    account(m, now);
+                    account(m, now());
                     let c = rd(&raw const (*m).counter);
                     let in_user = SeedState::decode(c) == SeedState::User;
                     if in_user != (ev == MainEvent::SwitchToUser) {
@@ -204,24 +221,24 @@ pub unsafe fn main_event(m: *mut MainPart, now: u64, ev: MainEvent, ct_cpu: bool
                 }
             }
             MainEvent::IdleEnter => {
-                account(m, now);
+                account(m, now());
                 wr(&raw mut (*m).idle, 1);
                 bump(&raw mut (*m).idle_entries, 1);
             }
             MainEvent::IdleExit => {
-                account(m, now);
+                account(m, now());
                 wr(&raw mut (*m).idle, 0);
             }
             MainEvent::Fault => {
                 bump(&raw mut (*m).page_faults, 1);
             }
             MainEvent::CpuDown => {
-                account(m, now);
+                account(m, now());
                 wr(&raw mut (*m).offline, 1);
             }
             MainEvent::CpuUp => {
                 // The offline gap is credited to no state: `account` skips it.
-                account(m, now);
+                account(m, now());
                 wr(&raw mut (*m).offline, 0);
                 wr(&raw mut (*m).idle, 0);
                 // A CPU comes up in kernel mode; a stale user mirror steps over by the scheme.

@@ -585,6 +585,61 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
     })
 }
 
+/// Empty programs attached to every hook ctx would use, for the benchmark's baseline. Dropping
+/// it detaches them.
+pub struct EmptyProbes {
+    _ebpf: Ebpf,
+    pub attached: Vec<&'static str>,
+}
+
+/// Attaches `ctx_empty` to each raw tracepoint of [`HOOKS`] the kernel has, and
+/// `ctx_empty_switch` to sched_switch.
+pub fn load_empty(sys: &SysRoot) -> Result<EmptyProbes, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    check_caps(sys)?;
+    let btf = KernelBtf::load(&sys.btf_path()).ok();
+    let aya_btf = aya::Btf::from_sys_fs().ok();
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .map_err(|source| LoadError::Object { source })?;
+    let mut attached = Vec::new();
+    let raw: &mut RawTracePoint = ebpf
+        .program_mut("ctx_empty")
+        .ok_or(LoadError::NoObject)?
+        .try_into()
+        .map_err(|e| LoadError::Object {
+            source: aya::EbpfError::ProgramError(e),
+        })?;
+    raw.load().map_err(|e| LoadError::Object {
+        source: aya::EbpfError::ProgramError(e),
+    })?;
+    for h in HOOKS.iter().filter(|h| h.kind == Kind::RawTracepoint) {
+        if btf
+            .as_ref()
+            .is_some_and(|b| !b.has_tracepoint(h.tracepoint))
+        {
+            continue;
+        }
+        if raw.attach(h.tracepoint).is_ok() {
+            attached.push(h.tracepoint);
+        }
+    }
+    if let Some(b) = aya_btf.as_ref()
+        && let Some(p) = ebpf.program_mut("ctx_empty_switch")
+        && let Ok(p) = <&mut BtfTracePoint>::try_from(p)
+        && p.load("sched_switch", b).is_ok()
+        && p.attach().is_ok()
+    {
+        attached.push("sched_switch");
+    }
+    Ok(EmptyProbes {
+        _ebpf: ebpf,
+        attached,
+    })
+}
+
 /// What `detach` removed.
 #[derive(Debug, Default)]
 pub struct DetachReport {

@@ -14,7 +14,7 @@ use aya_log_ebpf::info;
 use ctx_common::{
     encoding::SeedState,
     record::{Config, CpuRecord, IrqKind, Ledger, Meta, Source},
-    writer::{MainEvent, irq_arrived, main_event, nmi_handler_ran},
+    writer::{MainEvent, irq_arrived, main_event_with, nmi_handler_ran},
 };
 
 /// One record per CPU, at key 0.
@@ -82,7 +82,7 @@ fn main_ev(ev: MainEvent, ct_cpu: bool) -> u32 {
     if let Some(r) = record() {
         // SAFETY: `r` is this CPU's record and every caller runs in main context (see the
         // hook list in ctx-common's record module).
-        unsafe { main_event(&raw mut (*r).main, now(), ev, ct_cpu) };
+        unsafe { main_event_with(&raw mut (*r).main, now, ev, ct_cpu) };
     }
     0
 }
@@ -286,14 +286,16 @@ pub fn ctx_device_irq(_ctx: RawTracePointContext) -> u32 {
     irq(IrqKind::Device)
 }
 
-/// The same programs with nothing in them, for the benchmark's "empty probe" case.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn ctx_empty_a(_ctx: RawTracePointContext) -> u32 {
+/// Does nothing: the benchmark attaches it to every raw tracepoint ctx uses, to measure what
+/// the hooks cost before ctx's programs do any work.
+#[raw_tracepoint]
+pub fn ctx_empty(_ctx: RawTracePointContext) -> u32 {
     0
 }
 
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn ctx_empty_b(_ctx: RawTracePointContext) -> u32 {
+/// The same for the one BTF tracepoint.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn ctx_empty_switch(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 

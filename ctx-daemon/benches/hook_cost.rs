@@ -1,0 +1,254 @@
+//! What ctx costs the CPUs it watches, and what watching costs the housekeeping CPU.
+//!
+//! 1. ns added per getpid() round trip on a pinned CPU, in three cases: nothing attached, an
+//!    empty program on every hook ctx uses, and ctx's programs. Rounds interleave the cases
+//!    (in rotating order) so drift hits all three alike; the median of the rounds is reported.
+//! 2. One sampler sweep (a per-CPU map copy of every CPU's record), median and p99.
+//! 3. Memory: the per-CPU record and the sampler's resident set.
+//!
+//! Run by `cargo xtask bench`, which writes the table to BENCHMARKS.md. Needs root.
+//! Arguments: `--rounds N` (default 7), `--calls N` per round (default 2000000),
+//! `--out FILE` (markdown; default stdout).
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use ctx::loader::{self, LoadOptions};
+use ctx::session::{Attach, Session};
+use ctx::system::SysRoot;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Case {
+    Nothing,
+    Empty,
+    Ctx,
+}
+
+impl Case {
+    fn label(self) -> &'static str {
+        match self {
+            Case::Nothing => "nothing attached",
+            Case::Empty => "empty programs on the same hooks",
+            Case::Ctx => "ctx's programs",
+        }
+    }
+}
+
+fn pin(cpu: u32) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; cpu is below CPU_SETSIZE.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        bail!(
+            "sched_setaffinity({cpu}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn getpid_loop(n: u64) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: getpid has no preconditions.
+        unsafe { libc::syscall(libc::SYS_getpid) };
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn arg(name: &str) -> Option<String> {
+    let mut it = std::env::args();
+    while let Some(a) = it.next() {
+        if a == name {
+            return it.next();
+        }
+    }
+    None
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes --bench; ignore anything we do not know.
+    let rounds: usize = arg("--rounds").map_or(Ok(7), |v| v.parse())?;
+    let calls: u64 = arg("--calls").map_or(Ok(2_000_000), |v| v.parse())?;
+    if rounds < 5 {
+        bail!("--rounds must be at least 5 (the median of fewer says little)");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    let sys = SysRoot::default();
+    let online = sys.online()?;
+    let cpu = online.max().context("no online CPU")?;
+    pin(cpu)?;
+
+    let cases = [Case::Nothing, Case::Empty, Case::Ctx];
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut empty_hooks = Vec::new();
+    let mut ctx_hooks = String::new();
+    for r in 0..rounds {
+        for k in 0..cases.len() {
+            let i = (r + k) % cases.len();
+            let case = cases[i];
+            let _empty;
+            let _ctx;
+            match case {
+                Case::Nothing => {}
+                Case::Empty => {
+                    let e = loader::load_empty(&sys).context("attaching the empty programs")?;
+                    empty_hooks = e.attached.clone();
+                    _empty = e;
+                }
+                Case::Ctx => {
+                    let p = loader::load(&LoadOptions {
+                        pin_dir: None,
+                        sys: sys.clone(),
+                    })
+                    .context("attaching ctx's programs")?;
+                    ctx_hooks = p.hooks_summary();
+                    _ctx = p;
+                }
+            }
+            getpid_loop(calls / 10);
+            results[i].push(getpid_loop(calls));
+        }
+        eprintln!("round {}/{rounds} done", r + 1);
+    }
+    let mut med = [0.0; 3];
+    for (i, r) in results.iter_mut().enumerate() {
+        med[i] = median(r);
+    }
+    let added_empty = med[1] - med[0];
+    let added_ctx = med[2] - med[0];
+    let ratio = added_ctx / added_empty;
+
+    // Sampler sweeps, with ctx attached.
+    let mut s = Session::open(&Attach::Standalone, sys.clone())?;
+    let mut sweeps = Vec::new();
+    for _ in 0..2000 {
+        let snap = s.sampler.sweep()?;
+        sweeps.push(snap.sweep_ns as f64);
+    }
+    let possible = s.possible.len();
+    let sweep_med = median(&mut sweeps.clone()) / 1e3;
+    let sweep_p99 = percentile(&mut sweeps, 0.99) / 1e3;
+    let rss = rss_kib();
+
+    let mut out = String::new();
+    writeln!(out, "## getpid() round trip on CPU {cpu}")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Median of {rounds} interleaved rounds of {calls} calls each; ns per call."
+    )?;
+    writeln!(out)?;
+    writeln!(out, "| case | ns/call | added ns | rounds (ns/call) |")?;
+    writeln!(out, "|---|---:|---:|---|")?;
+    for (i, c) in cases.iter().enumerate() {
+        let rs: Vec<String> = results[i].iter().map(|x| format!("{x:.1}")).collect();
+        writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {} |",
+            c.label(),
+            med[i],
+            med[i] - med[0],
+            rs.join(" ")
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "ctx adds {added_ctx:.1} ns per round trip, {ratio:.2}× what empty programs on the same hooks add ({added_empty:.1} ns); target ≤ 1.30×: **{}**.",
+        if ratio <= 1.3 { "met" } else { "missed" }
+    )?;
+    writeln!(out)?;
+    writeln!(out, "Empty programs on: {}.", empty_hooks.join(", "))?;
+    writeln!(out)?;
+    writeln!(out, "ctx hooks: {ctx_hooks}.")?;
+    writeln!(out)?;
+    writeln!(out, "## Sampler")?;
+    writeln!(out)?;
+    writeln!(out, "| measure | value |")?;
+    writeln!(out, "|---|---:|")?;
+    writeln!(
+        out,
+        "| sweep over {possible} possible CPUs, median | {sweep_med:.1} µs |"
+    )?;
+    writeln!(out, "| sweep, p99 of 2000 | {sweep_p99:.1} µs |")?;
+    writeln!(
+        out,
+        "| kernel memory per CPU (one record) | {} B |",
+        size_of::<ctx_common::CpuRecord>()
+    )?;
+    writeln!(
+        out,
+        "| bytes copied per sweep | {} B |",
+        size_of::<ctx_common::CpuRecord>() * possible
+    )?;
+    writeln!(out, "| benchmark process RSS after sampling | {rss} KiB |")?;
+    writeln!(out)?;
+    writeln!(out, "## Machine")?;
+    writeln!(out)?;
+    writeln!(out, "- CPU: {} ({} online)", cpu_model(), online.len())?;
+    writeln!(out, "- kernel: {}", sys.kernel_release())?;
+    writeln!(
+        out,
+        "- nohz_full: {}",
+        if sys.nohz_full().is_empty() {
+            "none (the syscall fallback drives every CPU)".into()
+        } else {
+            sys.nohz_full().to_string()
+        }
+    )?;
+    match arg("--out") {
+        Some(p) => std::fs::write(&p, &out).with_context(|| format!("writing {p}"))?,
+        None => print!("{out}"),
+    }
+    eprintln!(
+        "added: empty {added_empty:.1} ns, ctx {added_ctx:.1} ns, ratio {ratio:.2} (target <= 1.30)"
+    );
+    Ok(())
+}
