@@ -13,7 +13,7 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use ctx_common::{
     encoding::SeedState,
-    record::{Config, CpuRecord, IrqKind, Ledger, Meta, Source},
+    record::{Config, CpuRecord, IrqKind, Ledger, MAX_CPUS, Meta, Source},
     writer::{MainEvent, irq_arrived, main_event_with, nmi_handler_ran},
 };
 
@@ -66,8 +66,12 @@ fn now() -> u64 {
 /// Only the syscall programs need this; the lookup is an inlined array access.
 #[inline(always)]
 fn ct_cpu() -> bool {
+    // The mask changes no CPU id (MAX_CPUS is a power of two, at least NR_CPUS) but bounds the
+    // very register the word index is derived from. Without it LLVM bounds-checks a
+    // zero-extended copy and indexes with the unbounded original, and the 6.1 verifier rejects
+    // the program ("R0 max value is outside of the allowed memory range").
     // SAFETY: helper without preconditions.
-    let cpu = unsafe { bpf_get_smp_processor_id() } as usize;
+    let cpu = unsafe { bpf_get_smp_processor_id() } as usize & (MAX_CPUS - 1);
     match CTX_CONFIG.get(0) {
         Some(cfg) => match cfg.ct_cpus.get(cpu / 64) {
             Some(w) => *w >> (cpu % 64) & 1 == 1,
