@@ -342,3 +342,56 @@ fn ctxtop_once_json_covers_every_online_cpu() {
     assert!(sys_src);
     let _ = (e.control, Source::Syscalls);
 }
+
+/// Without kernel BTF, ctx still attaches every raw tracepoint and says what it had to skip.
+#[test]
+fn ctx_sched_switch_skipped_without_btf() {
+    let Some(_e) = env("ctx_sched_switch_skipped_without_btf") else {
+        return;
+    };
+    let root = std::env::temp_dir().join(format!("ctx-nobtf-{}", std::process::id()));
+    let cpu = root.join("sys/devices/system/cpu");
+    std::fs::create_dir_all(&cpu).unwrap();
+    for f in ["online", "possible"] {
+        std::fs::copy(format!("/sys/devices/system/cpu/{f}"), cpu.join(f)).unwrap();
+    }
+    let sys = SysRoot {
+        sys: root.join("sys"),
+        proc: "/proc".into(),
+    };
+    let p = ctx::loader::load(&ctx::loader::LoadOptions { pin_dir: None, sys }).unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(p.hooks.status("sys_enter").unwrap().active());
+    assert!(!p.hooks.status("sched_switch").unwrap().active());
+    assert!(p.ct_layout.is_none());
+}
+
+/// Without CAP_BPF/CAP_PERFMON the binaries stop with a message that names the fix.
+#[test]
+fn ctxtop_without_capabilities_says_what_is_missing() {
+    let Some(_e) = env("ctxtop_without_capabilities_says_what_is_missing") else {
+        return;
+    };
+    for bin in [
+        env!("CARGO_BIN_EXE_ctxtop"),
+        env!("CARGO_BIN_EXE_ctx-daemon"),
+    ] {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                bin,
+            ])
+            .args(["--pin-dir", "/sys/fs/bpf/ctx-test-nocaps"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bin} ran without capabilities");
+        assert!(
+            err.contains("CAP_BPF") && err.contains("run as root"),
+            "{bin}: {err}"
+        );
+    }
+}

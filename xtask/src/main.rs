@@ -1,1 +1,44 @@
-fn main() {}
+//! Project tasks: `cargo xtask test` runs every check CI runs, `cargo xtask bench` measures
+//! what ctx costs and writes BENCHMARKS.md.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod cmd;
+mod test;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "ctx project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole test suite: formatting, lints (host and BPF target), unit, property and
+    /// real-kernel tests, deploy/ checks, and the nohz_full VM tests.
+    Test(test::Options),
+    /// Measure hook cost and sampler cost; write BENCHMARKS.md.
+    Bench(bench::Options),
+    /// Lint the eBPF programs for the BPF target (the host lint only sees a stub).
+    LintBpf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Test(o) => test::run(&o),
+        Cmd::Bench(o) => bench::run(&o),
+        Cmd::LintBpf => test::lint_bpf(),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

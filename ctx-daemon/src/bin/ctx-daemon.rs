@@ -92,6 +92,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if args.check {
         return check(&set, &sys);
     }
+    // Fail on missing privileges before binding or attaching anything.
+    let missing = ctx::system::missing_caps(sys.effective_caps()?);
+    if !missing.is_empty() {
+        return Err(ctx::loader::LoadError::Capabilities {
+            missing: missing.join(", "),
+        }
+        .into());
+    }
     if set.housekeeping_affinity
         && let Some(cpus) = service::pin_to_housekeeping(&sys)
     {
