@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod export;
 pub mod hooks;
+pub mod kstate;
 pub mod ledger;
 pub mod loader;
 pub mod model;

@@ -299,6 +299,27 @@ async fn shutdown_signal() {
     }
 }
 
+/// The kernel's own per-CPU context-tracking state, when it can be read (root, /proc/kcore,
+/// KALLSYMS_ALL): the cross-check for ctx's mirror.
+fn print_kernel_states(sys: &SysRoot, layout: ctx::btf::CtLayout) {
+    let Ok(possible) = sys.possible() else { return };
+    let n = possible.max().map_or(1, |m| m as usize + 1);
+    match ctx::kstate::KernelCtReader::open(&sys.proc, layout, n) {
+        Ok(r) => {
+            for cpu in sys.online().unwrap_or_default().iter() {
+                match r.read(cpu) {
+                    Ok(s) => println!(
+                        "kernel state cpu {cpu}: {} (raw {:#x}, RCU watching counter {})",
+                        s.state, s.raw, s.watching
+                    ),
+                    Err(e) => println!("kernel state cpu {cpu}: {e}"),
+                }
+            }
+        }
+        Err(e) => println!("kernel state: not readable: {e}"),
+    }
+}
+
 /// `--check`: preflight without attaching.
 fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
     println!("ctx-daemon {} check", ctx::VERSION);
@@ -331,6 +352,7 @@ fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
             println!("BTF: {}", sys.btf_path().display());
             if let Some(l) = b.ct_layout() {
                 println!("kernel context_tracking.state: {}", l.describe());
+                print_kernel_states(sys, l);
             }
             for h in HOOKS.iter() {
                 println!(
