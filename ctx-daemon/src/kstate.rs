@@ -146,11 +146,11 @@ impl KernelCtReader {
         };
         let raw = r.read_virt(offsets, ncpus * 8)?;
         r.state_addr = raw
-            .chunks_exact(8)
+            .as_chunks::<8>()
+            .0
+            .iter()
             .map(|c| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(c);
-                u64::from_le_bytes(a)
+                u64::from_le_bytes(*c)
                     .wrapping_add(ct)
                     .wrapping_add(u64::from(r.layout.state_offset))
             })
