@@ -18,5 +18,6 @@ pub mod serve;
 pub mod service;
 pub mod session;
 pub mod system;
+pub mod tui;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
