@@ -9,6 +9,7 @@
 //! * [`app`]: the loop that samples at the sample interval and stays responsive to keys.
 
 pub mod keys;
+pub mod render;
 pub mod state;
 
 pub use keys::Action;
