@@ -12,6 +12,7 @@ use ctx::loader::DEFAULT_PIN_DIR;
 use ctx::report;
 use ctx::session::{Attach, Session};
 use ctx::system::{CpuSet, SysRoot};
+use ctx::tui;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,7 +31,8 @@ struct Args {
     #[arg(long)]
     cpus: Option<CpuSet>,
     /// Print one interval as a table and exit; the same as --count 1. Without a terminal on
-    /// stdout, ctxtop prints tables like this (one per interval) and never draws a screen.
+    /// stdout, ctxtop prints tables like this (one per interval) and never draws a screen;
+    /// with one, it opens the full-screen view unless --once or --json is given.
     #[arg(long)]
     once: bool,
     /// Print each interval as one line of JSON instead of a table.
@@ -75,6 +77,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
     };
     let mut session = Session::open(&attach, SysRoot::default()).context("opening the probes")?;
+    // The full-screen view only on a terminal: a pipe or a file gets plain tables, without a
+    // single escape code.
+    if !args.once && !args.json && is_tty(libc::STDOUT_FILENO) {
+        let opts = tui::app::Options {
+            interval: args.interval,
+            sample_interval: args.sample_interval,
+            count: args.count,
+            cpus: args.cpus.clone(),
+        };
+        return tui::app::run(&mut session, &opts);
+    }
     let rounds = if args.once {
         1
     } else {

@@ -8,9 +8,11 @@
 //!   and on a signal).
 //! * [`app`]: the loop that samples at the sample interval and stays responsive to keys.
 
+pub mod app;
 pub mod keys;
 pub mod render;
 pub mod state;
+pub mod term;
 
 pub use keys::Action;
 pub use state::{Flow, Info, SortKey, State};
