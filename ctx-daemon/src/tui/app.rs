@@ -107,7 +107,7 @@ pub fn run(session: &mut Session, opts: &Options) -> anyhow::Result<()> {
                     match event::read()? {
                         Event::Key(k) => {
                             if let Some(a) = keys::map(&k) {
-                                let page = render::page_rows(terminal.size()?.height);
+                                let page = render::page_rows(size.map_or(24, |(_, h)| h));
                                 if state.apply(a, page) == Flow::Quit {
                                     return finish(terminal, guard);
                                 }

@@ -3,7 +3,7 @@
 //! the renderer only reads it.
 
 use std::cmp::Ordering;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use ctx_common::{CpuState, Verdict};
@@ -252,14 +252,13 @@ impl State {
 
     /// Takes in one completed interval, from its first to its last sample.
     pub fn push_interval(&mut self, first: &Sample, last: &Sample) {
-        let mut old: Vec<CpuRow> = std::mem::take(&mut self.rows);
+        let mut old: HashMap<u32, VecDeque<Option<f64>>> = std::mem::take(&mut self.rows)
+            .into_iter()
+            .map(|r| (r.cpu, r.kernel_hist))
+            .collect();
         let mut rows = Vec::with_capacity(last.cpus.len());
         for (v, iv) in report::intervals(first, last) {
-            let mut hist = old
-                .iter_mut()
-                .find(|r| r.cpu == v.cpu)
-                .map(|r| std::mem::take(&mut r.kernel_hist))
-                .unwrap_or_default();
+            let mut hist = old.remove(&v.cpu).unwrap_or_default();
             let pct = if v.online { iv.pct } else { None };
             if hist.len() == HISTORY {
                 hist.pop_front();
