@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{CTXTOP, Spinner, other_cpu, skip, skip_reason};
+use common::{Spinner, ctxtop_bin, other_cpu, skip, skip_reason};
 
 /// The tests share CPU 1 and load programs: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -19,7 +19,7 @@ const SPIN_CPU: u32 = 1;
 /// Runs ctxtop with private probes, pinned away from the spinner, stdout a pipe.
 fn ctxtop(args: &[&str]) -> Output {
     let cpu = other_cpu(SPIN_CPU);
-    let mut cmd = Command::new(CTXTOP);
+    let mut cmd = Command::new(ctxtop_bin());
     cmd.arg("--standalone").args(args);
     // SAFETY: the closure only makes one async-signal-safe syscall between fork and exec.
     unsafe {

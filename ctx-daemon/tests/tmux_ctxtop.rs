@@ -7,7 +7,8 @@
 //! terminal back (normal screen, cursor shown, canonical mode with echo); `--once` on a
 //! terminal never enters the alternate screen; with a ctx-daemon running, ctxtop reads its
 //! pins. `CTX_UPDATE_SCREEN=1` also rewrites `tests/ctxtop-screen.txt` from a run with a
-//! spinner on CPU 1.
+//! spinner on CPU 1. `CTXTOP_BIN=target/release/ctxtop` runs it all against a release build,
+//! where a panic aborts and only the panic hook can restore the terminal.
 
 mod common;
 
@@ -17,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{CTX_DAEMON, CTXTOP, Spinner, TEST_PIN_DIR, skip, skip_reason};
+use common::{CTX_DAEMON, Spinner, TEST_PIN_DIR, ctxtop_bin, skip, skip_reason};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -185,7 +186,7 @@ fn cpu_ids(screen: &str) -> Vec<u32> {
 }
 
 fn ctxtop_cmd(args: &str) -> String {
-    format!("{CTXTOP} {args}")
+    format!("{} {args}", ctxtop_bin())
 }
 
 fn skip_unless_ready(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
@@ -442,13 +443,14 @@ fn screen_with_a_spinner() {
         return skip("screen_with_a_spinner", &why);
     }
     let _spin = Spinner::on(1);
-    let tm = Tmux::start("screen", 80, height_for_all_cpus());
+    // Just tall enough for every CPU: the capture goes into the README.
+    let tm = Tmux::start("screen", 80, (common::online().len() as u16 + 8).max(10));
     let away = common::other_cpu(1);
     tm.run(&format!(
         "taskset -c {away} {}",
         ctxtop_cmd("--standalone --interval 1s")
     ));
-    let s = tm.wait_refresh(6);
+    let s = tm.wait_refresh(10);
     let cpu1 = rows(&s)
         .into_iter()
         .find(|r| r.0 == 1)

@@ -611,3 +611,22 @@ fn a_short_window_still_shows_cpus() {
     assert!(t.lines().next().unwrap().starts_with("CPU"), "{t}");
     assert!(t.lines().nth(1).unwrap().starts_with(" 0 "), "{t}");
 }
+
+#[test]
+fn five_hundred_and_twelve_cpus_scroll_at_80x24() {
+    let mut st = Host::new(512, "1-511", &[]).state(2, many);
+    let page = render::page_rows(24);
+    let t = text(&draw(&st, 80, 24));
+    assert!(t.contains("CPUs 1-17 of 512"), "{t}");
+    st.apply(
+        keys::map(&KeyEvent::new(KeyCode::End, KeyModifiers::NONE)).expect("End"),
+        page,
+    );
+    let t = text(&draw(&st, 80, 24));
+    assert!(t.contains("CPUs 496-512 of 512"), "{t}");
+    let last_row = t.lines().nth(21).expect("the last CPU row");
+    assert!(last_row.starts_with("511* "), "{t}");
+    // Four-digit CPU ids still leave every column on the row: cpu, state, bar, four shares,
+    // four rates, verdict, need%, trend.
+    assert_eq!(last_row.split_whitespace().count(), 14, "{last_row}");
+}

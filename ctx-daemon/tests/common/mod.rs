@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 
 use ctx::system::{CpuSet, SysRoot};
 
-pub const CTXTOP: &str = env!("CARGO_BIN_EXE_ctxtop");
+/// The ctxtop under test: this build's, or `CTXTOP_BIN` (say, a release build, whose
+/// `panic = "abort"` takes the panic hook's path out).
+pub fn ctxtop_bin() -> String {
+    std::env::var("CTXTOP_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ctxtop").to_owned())
+}
 pub const CTX_DAEMON: &str = env!("CARGO_BIN_EXE_ctx-daemon");
 /// Never the default pin dir: another ctx-daemon on this host may own that one.
 pub const TEST_PIN_DIR: &str = "/sys/fs/bpf/ctx-tui";
@@ -39,9 +43,15 @@ pub fn skip_reason(need_cpu: Option<u32>, need_tools: &[&str]) -> Option<String>
     None
 }
 
-/// Prints the reason a test is skipped, in the test's output, so a skip is never silent.
+/// Says why a test is skipped, so a skip is never silent; with CTX_REQUIRE_KERNEL_TESTS=1
+/// (set by CI, as for the host-kernel tests) a skip is a failure.
 pub fn skip(test: &str, why: &str) {
-    eprintln!("SKIP {test}: {why}");
+    let required = std::env::var("CTX_REQUIRE_KERNEL_TESTS").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "{test}: cannot run ({why}) and CTX_REQUIRE_KERNEL_TESTS=1"
+    );
+    eprintln!("skipped {test}: {why}");
 }
 
 pub fn online() -> CpuSet {
