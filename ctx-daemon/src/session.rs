@@ -11,7 +11,7 @@ use crate::loader::{self, LoadError, LoadOptions, Origin, Probes};
 use crate::model::{Model, Sample, Topology};
 use crate::report::Header;
 use crate::sample::{SampleError, Sampler};
-use crate::system::{CpuSet, SysRoot};
+use crate::system::{CpuSet, OnlineWatch, SysRoot};
 
 /// How to get at the probes.
 #[derive(Clone, Debug)]
@@ -32,6 +32,7 @@ pub struct Session {
     pub sys: SysRoot,
     pub topo: Topology,
     pub possible: CpuSet,
+    online: Option<OnlineWatch>,
 }
 
 impl Session {
@@ -72,6 +73,7 @@ impl Session {
             probes,
             sampler,
             model: Model::new(),
+            online: OnlineWatch::open(&sys).ok(),
             sys,
             topo,
             possible,
@@ -80,7 +82,11 @@ impl Session {
 
     /// One sweep over all CPUs, modelled. Re-reads the online set, so hotplug shows at once.
     pub fn sample(&mut self) -> Result<Sample, SampleError> {
-        if let Ok(online) = self.sys.online() {
+        let online = match &mut self.online {
+            Some(w) => w.read(),
+            None => self.sys.online().ok(),
+        };
+        if let Some(online) = online {
             self.topo.online = online;
         }
         let snap = self.sampler.sweep()?;

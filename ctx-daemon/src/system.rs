@@ -207,6 +207,28 @@ impl SysRoot {
     }
 }
 
+/// The online-CPU list, kept open: a sysfs attribute regenerates its text on every read from
+/// offset 0, so each refresh is one pread instead of open, fstat, read and close.
+pub struct OnlineWatch {
+    file: std::fs::File,
+    buf: Vec<u8>,
+}
+
+impl OnlineWatch {
+    pub fn open(sys: &SysRoot) -> std::io::Result<Self> {
+        Ok(Self {
+            file: std::fs::File::open(sys.sys.join("devices/system/cpu/online"))?,
+            buf: vec![0; 4096],
+        })
+    }
+
+    pub fn read(&mut self) -> Option<CpuSet> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(&mut self.buf, 0).ok()?;
+        std::str::from_utf8(&self.buf[..n]).ok()?.parse().ok()
+    }
+}
+
 /// Parses one row (e.g. `NMI`, `CAL`) of /proc/interrupts into per-column counts.
 pub fn parse_interrupts_row(text: &str, row: &str) -> Option<Vec<u64>> {
     let mut lines = text.lines();
