@@ -592,9 +592,18 @@ pub struct EmptyProbes {
     pub attached: Vec<&'static str>,
 }
 
-/// Attaches `ctx_empty` to each raw tracepoint of [`HOOKS`] the kernel has, and
+/// Which baseline program [`load_baseline`] attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Baseline {
+    /// `ctx_empty`: returns at once.
+    Empty,
+    /// `ctx_clock`: reads the clock (`bpf_ktime_get_ns`), as every timestamping program must.
+    Clock,
+}
+
+/// Attaches a baseline program to each raw tracepoint of [`HOOKS`] the kernel has, and
 /// `ctx_empty_switch` to sched_switch.
-pub fn load_empty(sys: &SysRoot) -> Result<EmptyProbes, LoadError> {
+pub fn load_baseline(sys: &SysRoot, which: Baseline) -> Result<EmptyProbes, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -605,8 +614,12 @@ pub fn load_empty(sys: &SysRoot) -> Result<EmptyProbes, LoadError> {
         .load(OBJECT)
         .map_err(|source| LoadError::Object { source })?;
     let mut attached = Vec::new();
+    let name = match which {
+        Baseline::Empty => "ctx_empty",
+        Baseline::Clock => "ctx_clock",
+    };
     let raw: &mut RawTracePoint = ebpf
-        .program_mut("ctx_empty")
+        .program_mut(name)
         .ok_or(LoadError::NoObject)?
         .try_into()
         .map_err(|e| LoadError::Object {

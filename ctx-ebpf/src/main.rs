@@ -10,6 +10,9 @@
 // only a stub compiles; `cargo xtask lint` checks the real programs for the BPF target.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Inline assembly for one helper call (see `probes::now`); the eBPF build already runs with
+// RUSTC_BOOTSTRAP=1 for `-Z build-std=core`.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod probes;
