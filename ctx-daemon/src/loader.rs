@@ -194,8 +194,9 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
         ));
     }
     // Pinning is a create in the directory: check we may write there before touching the
-    // kernel, so the error names the directory rather than a failed BPF_OBJ_PIN.
-    let probe = dir.join("links").join(".ctx-write-check");
+    // kernel, so the error names the directory rather than a failed BPF_OBJ_PIN. No dot in the
+    // name: bpffs refuses any name with a dot (EPERM, kernel/bpf/inode.c bpf_lookup()).
+    let probe = dir.join("links").join("ctx-write-check");
     match fs::create_dir(&probe) {
         Ok(()) => {
             let _ = fs::remove_dir(&probe);
