@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use ctx_common::{
-    record::{Config, CpuRecord, IrqKind, Ledger, Meta},
+    record::{Config, CpuRecord, IrqKind, Ledger, MAX_CPUS, Meta},
     writer::{MainEvent, irq_arrived, main_event, nmi_handler_ran},
 };
 
@@ -52,8 +52,12 @@ fn now() -> u64 {
 /// Only the syscall programs need this; the lookup is an inlined array access.
 #[inline(always)]
 fn ct_cpu() -> bool {
+    // The mask changes no CPU id (MAX_CPUS is a power of two, at least NR_CPUS) but bounds the
+    // very register the word index is derived from. Without it LLVM bounds-checks a
+    // zero-extended copy and indexes with the unbounded original, and the verifier rejects the
+    // program ("R0 max value is outside of the allowed memory range", seen on 6.1).
     // SAFETY: helper without preconditions.
-    let cpu = unsafe { bpf_get_smp_processor_id() } as usize;
+    let cpu = unsafe { bpf_get_smp_processor_id() } as usize & (MAX_CPUS - 1);
     match CTX_CONFIG.get(0) {
         Some(cfg) => match cfg.ct_cpus.get(cpu / 64) {
             Some(w) => *w >> (cpu % 64) & 1 == 1,
