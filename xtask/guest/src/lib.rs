@@ -1,6 +1,7 @@
 //! The guest side of `cargo xtask vm-test`: an init that runs issue 3's scenarios against
 //! ctx-daemon and ctxtop on a nohz_full kernel, and the pinned workloads they need.
 
+pub mod ipitrace;
 pub mod json;
 pub mod probe;
 pub mod procs;

@@ -16,6 +16,27 @@ pub const WORK: &str = "/usr/bin/ctx-vm-work";
 /// Where children's output goes: the console is reserved for the guest's own lines.
 pub const LOG_DIR: &str = "/run/ctx-vm";
 
+/// A command whose process starts with the kernel's default policy for transparent huge pages.
+/// The guest keeps itself away from khugepaged (a collapse IPIs every CPU), but the setting is
+/// inherited across fork and exec, and ctx-daemon, ctxtop and the workloads must run as they
+/// would anywhere else: what they do about it is theirs to do.
+fn command(program: &str) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut c = Command::new(program);
+    // SAFETY: runs in the child between fork and exec; prctl is async-signal-safe and touches
+    // no memory shared with the parent.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    c
+}
+
 pub struct Proc {
     pub name: String,
     child: Child,
@@ -37,7 +58,7 @@ impl Proc {
                     .context("duplicating a log file descriptor")?,
             )
         };
-        let child = Command::new(program)
+        let child = command(program)
             .args(args)
             .stdin(if piped { Stdio::piped() } else { Stdio::null() })
             .stdout(out)
@@ -212,7 +233,7 @@ impl Ctxtop {
         let err = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut full = vec!["--json"];
         full.extend_from_slice(args);
-        let child = Command::new(CTXTOP)
+        let child = command(CTXTOP)
             .args(&full)
             .stdin(Stdio::null())
             .stdout(file)

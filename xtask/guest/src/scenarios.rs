@@ -24,6 +24,7 @@ use ctx_common::record::IrqKind;
 use ctx_common::{Arrival, CpuState};
 use ctx_vm_proto::{Check, Measured, Requirement};
 
+use crate::ipitrace::IpiTrace;
 use crate::json::Report;
 use crate::probe::Probe;
 use crate::procs::{self, Ctxtop, Proc, Worker};
@@ -76,13 +77,24 @@ fn view(s: &ctx::model::Sample, cpu: u32) -> anyhow::Result<&CpuView> {
 pub fn no_disturbance(daemon: &Proc, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
     const ROWS: [&str; 4] = ["CAL", "TLB", "RES", "IWI"];
     daemon.signal(libc::SIGSTOP)?;
-    // Attaching ended moments ago; what it set off (RCU, workqueues) settles first, or it
-    // lands in the first window and flatters ctx.
-    say!("[6] ctx-daemon stopped; settling 3 s, then 3 s with ctx stopped");
+    // Armed first: arming text-patches the kernel. Then attaching's aftermath (RCU,
+    // workqueues) and the kprobe optimizer settle, or they land in the first window.
+    let trace = IpiTrace::arm();
+    say!(
+        "[6] ctx-daemon stopped; IPI senders traced via kprobes on {}; settling 3 s, then 3 s \
+         with ctx stopped",
+        trace.as_ref().map_or_else(
+            || "nothing (unavailable)".to_owned(),
+            |t| t.armed().join(", ")
+        )
+    );
     sleep_ms(3000);
+    let senders = |t: &Option<IpiTrace>| t.as_ref().map(IpiTrace::take).unwrap_or_default();
+    let settle = senders(&trace);
     let s0 = Interrupts::read()?;
     sleep_ms(3000);
     let s1 = Interrupts::read()?;
+    let in_stopped = senders(&trace);
     say!("[6] 3 s with ctxtop sweeping all CPUs every 1 ms");
     let w0 = Interrupts::read()?;
     let sampled: anyhow::Result<Vec<Report>> = procs::ctxtop(
@@ -98,7 +110,19 @@ pub fn no_disturbance(daemon: &Proc, probe: &mut Probe) -> anyhow::Result<Vec<Ch
         Duration::from_secs(90),
     );
     let w1 = Interrupts::read()?;
+    let in_sampling = senders(&trace);
+    drop(trace);
     daemon.signal(libc::SIGCONT)?;
+    log_thp("6");
+    for (when, list) in [
+        ("settling", &settle),
+        ("stopped", &in_stopped),
+        ("sampling", &in_sampling),
+    ] {
+        for l in list {
+            say!("[6] IPI to CPUs 1-3 while {when}: {l}");
+        }
+    }
     let reports = sampled?;
     let rep = reports.first().context("ctxtop printed nothing")?;
     rep.require_pinned()?;
@@ -137,6 +161,26 @@ pub fn no_disturbance(daemon: &Proc, probe: &mut Probe) -> anyhow::Result<Vec<Ch
             NOHZ_CPUS.iter().map(|c| a.delta(b, row, *c)).collect()
         };
         let (stopped, sampling) = (per(&s0, &s1), per(&w0, &w1));
+        let kinds: &[&str] = match row {
+            "RES" => &["res "],
+            "IWI" => &["iwi "],
+            _ => &["cf ", "cfs "],
+        };
+        let of = |list: &[String]| -> String {
+            let v: Vec<&str> = list
+                .iter()
+                .map(String::as_str)
+                .filter(|l| {
+                    let kind = l.split_once("× ").map_or("", |x| x.1);
+                    kinds.iter().any(|k| kind.starts_with(k))
+                })
+                .collect();
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.join("; ")
+            }
+        };
         let fmt = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join("/");
         checks.push(
             Check::new(
@@ -149,9 +193,11 @@ pub fn no_disturbance(daemon: &Proc, probe: &mut Probe) -> anyhow::Result<Vec<Ch
                 },
             )
             .note(format!(
-                "per CPU 1/2/3: sampling {}, stopped {}",
+                "per CPU 1/2/3: sampling {}, stopped {}; senders sampling: {}; stopped: {}",
                 fmt(&sampling),
-                fmt(&stopped)
+                fmt(&stopped),
+                of(&in_sampling),
+                of(&in_stopped)
             )),
         );
     }
@@ -245,6 +291,43 @@ fn log_report(tag: &str, rep: &Report) {
             irqs.join(", ")
         );
     }
+}
+
+/// Transparent huge pages khugepaged made so far, and whose they are: each collapse broadcasts
+/// an IPI to every CPU on 6.1 (tlb_remove_table_sync_one()).
+fn log_thp(tag: &str) {
+    let collapsed = sys::read("/proc/vmstat")
+        .ok()
+        .and_then(|v| {
+            v.lines()
+                .find_map(|l| l.strip_prefix("thp_collapse_alloc "))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "?".into());
+    let mut owners = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let p = e.path();
+        let Ok(rollup) = std::fs::read_to_string(p.join("smaps_rollup")) else {
+            continue;
+        };
+        let kb = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("AnonHugePages:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if kb > 0 {
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            owners.push(format!("{} {kb} kB", comm.trim()));
+        }
+    }
+    say!(
+        "[{tag}] khugepaged collapses so far: {collapsed}; anonymous huge pages: {}",
+        if owners.is_empty() {
+            "none".to_owned()
+        } else {
+            owners.join(", ")
+        }
+    );
 }
 
 /// The rows of /proc/interrupts that rose on `cpu` between two readings.
