@@ -265,6 +265,20 @@ pub fn missing_caps(eff: u64) -> Vec<&'static str> {
     m
 }
 
+/// Keeps khugepaged off this process's memory. Debian builds THP "always", and khugepaged
+/// collapses even a sparse 2 MiB range (max_ptes_none is 511); every collapse ends in
+/// tlb_remove_table_sync_one(), an IPI to every CPU, the nohz_full ones ctx watches included.
+/// Children inherit the setting, and execve keeps it.
+pub fn exclude_from_thp() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 pub fn mono_now_ns() -> u64 {
     let mut ts = libc::timespec {

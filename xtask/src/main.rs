@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask test` runs every check CI runs, `cargo xtask bench` measures
-//! what ctx costs and writes BENCHMARKS.md.
+//! Project tasks: `cargo xtask test` runs every check CI runs, `cargo xtask vm-test` boots
+//! Debian's nohz_full kernels under qemu and runs ctx's scenarios in them, `cargo xtask bench`
+//! measures what ctx costs and writes BENCHMARKS.md.
 
 use std::process::ExitCode;
 
@@ -8,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cmd;
 mod test;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "ctx project tasks")]
@@ -25,6 +27,8 @@ enum Cmd {
     Bench(bench::Options),
     /// Lint the eBPF programs for the BPF target (the host lint only sees a stub).
     LintBpf,
+    /// Boot Debian's cloud kernels with nohz_full=1-3 under qemu (TCG) and run ctx's scenarios.
+    VmTest(vm::Options),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
         Cmd::Test(o) => test::run(&o),
         Cmd::Bench(o) => bench::run(&o),
         Cmd::LintBpf => test::lint_bpf(),
+        Cmd::VmTest(o) => vm::run(&o),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

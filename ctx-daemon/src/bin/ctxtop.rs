@@ -51,6 +51,12 @@ struct Args {
 
 fn main() -> ExitCode {
     init_logging("warn");
+    if let Err(e) = ctx::system::exclude_from_thp() {
+        tracing::warn!(
+            "cannot opt out of transparent huge pages ({e}): khugepaged may IPI every CPU when \
+             it collapses this process's memory"
+        );
+    }
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

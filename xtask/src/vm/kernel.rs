@@ -1,0 +1,307 @@
+//! Debian's current cloud kernel of a suite, found and fetched with apt through a source list
+//! and state of our own under `target/vm/kernels/<suite>/`: the host's apt configuration,
+//! lists and cache are never read for sources nor written.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    Bookworm,
+    Trixie,
+    Sid,
+}
+
+impl Suite {
+    pub const ALL: [Suite; 3] = [Self::Bookworm, Self::Trixie, Self::Sid];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bookworm => "bookworm",
+            Self::Trixie => "trixie",
+            Self::Sid => "sid",
+        }
+    }
+}
+
+/// The metapackage that always depends on the suite's current cloud kernel.
+const META: &str = "linux-image-cloud-amd64";
+const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+/// Overrides the Debian mirror, e.g. for a CI cache.
+pub const MIRROR_ENV: &str = "CTX_VM_DEBIAN_MIRROR";
+
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub suite: Suite,
+    /// The package the image came from (`linux-image-*`, or `linux-binary-*` from 7.x on).
+    pub package: String,
+    /// Debian version of the metapackage, e.g. `6.1.176-1`.
+    pub version: String,
+    /// What `uname -r` will say.
+    pub release: String,
+    pub vmlinuz: PathBuf,
+    /// The image was already in the cache.
+    pub cached: bool,
+}
+
+struct Apt {
+    dir: PathBuf,
+}
+
+impl Apt {
+    fn new(dir: &Path, suite: Suite) -> anyhow::Result<Self> {
+        if !Path::new(KEYRING).exists() {
+            bail!("{KEYRING} is missing: install debian-archive-keyring");
+        }
+        for sub in ["lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        }
+        let mirror = std::env::var(MIRROR_ENV).unwrap_or_else(|_| DEFAULT_MIRROR.to_owned());
+        // deb822 needs the .sources suffix; one-line format would need .list.
+        let sources = format!(
+            "Types: deb\nURIs: {mirror}\nSuites: {}\nComponents: main\nArchitectures: amd64\n\
+             Targets: Packages\nSigned-By: {KEYRING}\n",
+            suite.name()
+        );
+        let path = dir.join("ctx.sources");
+        if fs::read_to_string(&path).ok().as_deref() != Some(sources.as_str()) {
+            fs::write(&path, sources).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let d = |s: &str| self.dir.join(s).display().to_string();
+        let mut c = Command::new(tool);
+        for o in [
+            format!("Dir::Etc::SourceList={}", d("ctx.sources")),
+            "Dir::Etc::SourceParts=/dev/null".to_owned(),
+            format!("Dir::State::Lists={}", d("lists")),
+            format!("Dir::Cache={}", d("cache")),
+            "Acquire::Languages=none".to_owned(),
+            // Downloads land in our directory, which the _apt sandbox user cannot write.
+            "APT::Sandbox::User=root".to_owned(),
+        ] {
+            c.arg("-o").arg(o);
+        }
+        c.current_dir(&self.dir);
+        c
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut c = self.command(tool);
+        c.args(args);
+        let out = c
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {tool} (is apt installed?)"))?;
+        if !out.status.success() {
+            bail!(
+                "{tool} {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn update(&self) -> anyhow::Result<()> {
+        self.run("apt-get", &["-q", "update"]).map(drop)
+    }
+
+    fn has_lists(&self) -> bool {
+        fs::read_dir(self.dir.join("lists")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
+        })
+    }
+
+    fn show(&self, package: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        let text = self.run("apt-cache", &["show", "--no-all-versions", package])?;
+        let fields = parse_stanza(&text);
+        if fields.is_empty() {
+            bail!("apt-cache knows no package {package}");
+        }
+        Ok(fields)
+    }
+
+    /// Downloads `package` into our directory and returns the .deb.
+    fn download(&self, package: &str) -> anyhow::Result<PathBuf> {
+        self.run("apt-get", &["-q", "download", package])?;
+        let prefix = format!("{package}_");
+        fs::read_dir(&self.dir)
+            .with_context(|| format!("listing {}", self.dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|x| x == "deb")
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .with_context(|| format!("apt-get download {package} left no .deb"))
+    }
+}
+
+/// The first stanza of `apt-cache show`: field name to value, continuation lines joined.
+fn parse_stanza(text: &str) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    let mut last: Option<String> = None;
+    for line in text.lines() {
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(k) = &last
+                && let Some(v) = fields.get_mut(k)
+            {
+                let v: &mut String = v;
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+        } else if let Some((k, v)) = line.split_once(':') {
+            fields.insert(k.to_owned(), v.trim().to_owned());
+            last = Some(k.to_owned());
+        }
+    }
+    fields
+}
+
+/// Package names in a Depends field, alternatives included, without versions.
+fn depends(field: &str) -> Vec<String> {
+    field
+        .split([',', '|'])
+        .filter_map(|d| d.split_whitespace().next())
+        .map(|n| n.split(':').next().unwrap_or(n).to_owned())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Resolves the suite's current cloud kernel and makes sure its image is in the cache.
+pub fn fetch(suite: Suite, cache: &Path) -> anyhow::Result<Kernel> {
+    let dir = cache.join(suite.name());
+    let apt = Apt::new(&dir, suite)?;
+    if let Err(e) = apt.update() {
+        if !apt.has_lists() {
+            return Err(e).with_context(|| {
+                format!(
+                    "fetching the {} package lists (network, or set {MIRROR_ENV})",
+                    suite.name()
+                )
+            });
+        }
+        eprintln!(
+            "vm-test: warning: {}: apt-get update failed, using the package lists of an earlier \
+             run: {e:#}",
+            suite.name()
+        );
+    }
+    let meta = apt.show(META)?;
+    let version = meta.get("Version").cloned().unwrap_or_default();
+    let image = depends(meta.get("Depends").map_or("", String::as_str))
+        .into_iter()
+        .find(|n| n.starts_with("linux-image-") && n != META)
+        .with_context(|| format!("{META} in {} depends on no linux-image-*", suite.name()))?;
+    let release = image
+        .strip_prefix("linux-image-")
+        .unwrap_or(&image)
+        .to_owned();
+    // From 7.x the image package is empty and vmlinuz ships in linux-binary-<release>.
+    let img = apt.show(&image)?;
+    let (package, member) = match depends(img.get("Depends").map_or("", String::as_str))
+        .into_iter()
+        .find(|n| n.starts_with("linux-binary-"))
+    {
+        Some(bin) => (bin, format!("./usr/lib/modules/{release}/vmlinuz")),
+        None => (image.clone(), format!("./boot/vmlinuz-{release}")),
+    };
+    let vmlinuz = dir.join(format!("vmlinuz-{release}"));
+    let cached = vmlinuz.metadata().is_ok_and(|m| m.len() > 0);
+    if !cached {
+        eprintln!("vm-test: {}: downloading {package}", suite.name());
+        let deb = apt.download(&package)?;
+        extract(&deb, &member, &vmlinuz)?;
+        let _ = fs::remove_file(&deb);
+        // Older images of this suite are of no further use.
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p != vmlinuz
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+            {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+    Ok(Kernel {
+        suite,
+        package,
+        version,
+        release,
+        vmlinuz,
+        cached,
+    })
+}
+
+/// `dpkg-deb --fsys-tarfile deb | tar -xO member > out`, through a temporary file.
+fn extract(deb: &Path, member: &str, out: &Path) -> anyhow::Result<()> {
+    let tmp = out.with_extension("part");
+    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running dpkg-deb")?;
+    let pipe = dpkg.stdout.take().context("no pipe from dpkg-deb")?;
+    let tar = Command::new("tar")
+        .args(["-xO", member])
+        .stdin(pipe)
+        .stdout(file)
+        .status()
+        .context("running tar")?;
+    let dpkg = dpkg.wait().context("waiting for dpkg-deb")?;
+    if !dpkg.success() || !tar.success() {
+        bail!(
+            "extracting {member} from {} failed (dpkg-deb {dpkg}, tar {tar}): the package layout \
+             may have changed",
+            deb.display()
+        );
+    }
+    if tmp.metadata().map_or(0, |m| m.len()) == 0 {
+        bail!("{member} in {} is empty", deb.display());
+    }
+    fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stanza_and_depends() {
+        let text = "Package: linux-image-cloud-amd64\nVersion: 7.2.13-1\nDepends: linux-base-cloud-amd64 (= 7.2.13-1),\n linux-image-7.2.13+deb14-cloud-amd64 (= 7.2.13-1)\nDescription: x\n\nPackage: other\n";
+        let f = parse_stanza(text);
+        assert_eq!(f["Version"], "7.2.13-1");
+        assert_eq!(
+            depends(&f["Depends"]),
+            vec![
+                "linux-base-cloud-amd64",
+                "linux-image-7.2.13+deb14-cloud-amd64"
+            ]
+        );
+        assert_eq!(
+            depends("dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, kmod:any"),
+            vec!["dracut", "initramfs-tools", "linux-initramfs-tool", "kmod"]
+        );
+        assert!(parse_stanza("").is_empty());
+    }
+}
