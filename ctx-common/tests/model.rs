@@ -318,3 +318,23 @@ fn fallback_follows_context_switches() {
     }
     assert_eq!(ct.state(), CpuState::Kernel);
 }
+
+/// A context switch claims a pending user_exit: an interrupt in the next task arrived in kernel.
+#[test]
+fn switch_claims_a_pending_user_exit() {
+    let mut rec = CpuRecord::default();
+    unsafe {
+        let m = &raw mut rec.main;
+        main_event(m, 1_000, MainEvent::UserEnter, true);
+        // An exception ctx does not hook enters the kernel, and the task is switched out.
+        main_event(m, 2_000, MainEvent::UserExit, true);
+        main_event(m, 2_100, MainEvent::SwitchToKernel, true);
+        irq_arrived(&raw mut rec.irq, m, 2_200, IrqKind::Reschedule);
+    }
+    assert_eq!(rec.irq_count(IrqKind::Reschedule, Arrival::Kernel), 1);
+    assert_eq!(
+        rec.state(),
+        CpuState::Kernel,
+        "a switch never moves a context-tracking CPU"
+    );
+}

@@ -213,7 +213,12 @@ pub fn ctx_sched_switch(ctx: BtfTracePointContext) -> u32 {
     };
     // SAFETY: plain read of this CPU's own record, in its writer's context.
     let (source, counter) = unsafe { ((*r).main.source, (*r).main.counter) };
-    if regs_off == 0 || pid_off == 0 || source == Source::ContextTracking as u8 || ct_cpu() {
+    if source == Source::ContextTracking as u8 || ct_cpu() {
+        // Context tracking has the mode right; the switch only claims a pending user_exit, so
+        // an interrupt arriving in the next task is not taken for one that found user mode.
+        return main_ev(MainEvent::SwitchToKernel, true);
+    }
+    if regs_off == 0 || pid_off == 0 {
         return 0;
     }
     let prev = bpf_get_current_pid_tgid() as u32;
