@@ -3,6 +3,7 @@
 
 pub mod ipitrace;
 pub mod json;
+pub mod metrics;
 pub mod probe;
 pub mod procs;
 pub mod scenarios;

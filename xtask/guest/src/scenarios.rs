@@ -26,6 +26,7 @@ use ctx_vm_proto::{Check, Measured, Requirement};
 
 use crate::ipitrace::IpiTrace;
 use crate::json::Report;
+use crate::metrics;
 use crate::probe::Probe;
 use crate::procs::{self, Ctxtop, Proc, Worker};
 use crate::say;
@@ -362,6 +363,7 @@ fn stat_shares(a: &CpuTimes, b: &CpuTimes) -> String {
 pub fn user_idle_housekeeping() -> anyhow::Result<Vec<Check>> {
     say!("[1,3,8] spinner on CPU 2, CPU 1 idle; ctxtop for 3 s at 10 ms");
     sleep_ms(500);
+    let m0 = metrics::scrape();
     let t0 = CpuTimes::read(0)?;
     let i0 = Interrupts::read()?;
     let reports: Vec<Report> = procs::ctxtop(
@@ -378,6 +380,7 @@ pub fn user_idle_housekeeping() -> anyhow::Result<Vec<Check>> {
     )?;
     let t1 = CpuTimes::read(0)?;
     let i1 = Interrupts::read()?;
+    let m1 = metrics::scrape();
     log_interrupts("1,3,8", USER_CPU, &i0, &i1);
     let rep = reports.first().context("ctxtop printed nothing")?;
     rep.require_pinned()?;
@@ -426,6 +429,8 @@ pub fn user_idle_housekeeping() -> anyhow::Result<Vec<Check>> {
             c.samples.deferrable, c.samples.quiesced, c.samples.ipi_needed
         )),
     );
+
+    checks.extend(scraped_user(m0, m1));
 
     // 3: idle.
     let c = rep.cpu(IDLE_CPU)?;
@@ -637,6 +642,7 @@ pub fn nmi(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
 pub fn ipis(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
     say!("[5] {IPIS} membarrier(PRIVATE_EXPEDITED) calls from CPU 0 while CPU 2 spins");
     sleep_ms(300);
+    let m0 = metrics::scrape();
     let a = probe.sample()?;
     let i0 = Interrupts::read()?;
     load.spinner.send(&format!("ipi {IPIS}"))?;
@@ -644,6 +650,9 @@ pub fn ipis(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
     sleep_ms(100);
     let b = probe.sample()?;
     let i1 = Interrupts::read()?;
+    // The daemon publishes per-CPU figures at every sweep (10 ms).
+    sleep_ms(100);
+    let m1 = metrics::scrape();
     let (va, vb) = (view(&a, USER_CPU)?, view(&b, USER_CPU)?);
     let d = |k: IrqKind, arr: Arrival| {
         vb.irqs[k as usize][arr as usize].saturating_sub(va.irqs[k as usize][arr as usize])
@@ -665,7 +674,9 @@ pub fn ipis(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
         .nth(1)
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
+    let scraped = scraped_ipis(m0, m1, cal);
     Ok(vec![
+        scraped,
         Check::new(
             5,
             "CAL Δ on CPU 2 from the membarrier loop",
@@ -689,6 +700,155 @@ pub fn ipis(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
             by(IrqKind::CallFunction)
         )),
     ])
+}
+
+/// The kernel's own `context_tracking.state` (read from /proc/kcore, decoded with the layout
+/// ctx derives from BTF) against ctx's mirror, on the spinning CPU 2 and the idle CPU 1: ten
+/// paired readings each, all of which must agree.
+pub fn kernel_state(probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
+    let btf = ctx::btf::KernelBtf::load(std::path::Path::new("/sys/kernel/btf/vmlinux"))?;
+    let layout = btf
+        .ct_layout()
+        .context("no context_tracking in this kernel's BTF")?;
+    let described = layout.describe();
+    let reader = ctx::kstate::KernelCtReader::open(std::path::Path::new("/proc"), layout, 4)?;
+    say!("[1,3] kernel context_tracking.state: {described}");
+    let mut checks = Vec::new();
+    // Enumerator names come from BTF: CONTEXT_USER before 6.12, CT_STATE_USER since.
+    for (cpu, want_kernel, want_ctx) in [(USER_CPU, "_USER", "user"), (IDLE_CPU, "_IDLE", "idle")] {
+        let mut agree = 0;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let k = reader.read(cpu)?;
+            let s = probe.sample()?;
+            let c = view(&s, cpu)?
+                .state
+                .map_or("-", ctx_common::CpuState::as_str);
+            if k.state.ends_with(want_kernel) && c == want_ctx {
+                agree += 1;
+            }
+            seen.push(format!("{}/{c}", k.state));
+            sleep_ms(20);
+        }
+        seen.dedup();
+        checks.push(
+            Check::new(
+                if cpu == USER_CPU { 1 } else { 3 },
+                &format!("CPU {cpu}: kernel's own state *{want_kernel} and ctx {want_ctx}"),
+                Measured::count(agree, "of 10 readings"),
+                at_least(10.0),
+            )
+            .note(format!(
+                "kernel/ctx seen: {}; layout from BTF: {described}",
+                seen.join(", ")
+            )),
+        );
+    }
+    Ok(checks)
+}
+
+/// Scenario 1 through ctx-daemon's /metrics: CPU 2's user share between two scrapes, its state
+/// and its facts.
+fn scraped_user(
+    m0: anyhow::Result<metrics::Scrape>,
+    m1: anyhow::Result<metrics::Scrape>,
+) -> Vec<Check> {
+    let (m0, m1) = match (m0, m1) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            return vec![Check::new(
+                1,
+                "/metrics scraped in the guest (busybox wget)",
+                Measured::error(format!("{e:#}")),
+                equals("scraped"),
+            )];
+        }
+    };
+    let cpu = format!("cpu=\"{USER_CPU}\"");
+    let sec = |m: &metrics::Scrape, state: &str| {
+        m.sum(
+            "ctx_cpu_seconds_total{",
+            &[&cpu, &format!("state=\"{state}\"")],
+        )
+    };
+    let d = |state: &str| sec(&m1, state) - sec(&m0, state);
+    let total: f64 = ["user", "kernel", "idle", "nmi"].iter().map(|s| d(s)).sum();
+    let share = if total > 0.0 {
+        Measured::value(round2(d("user") * 100.0 / total), "%")
+    } else {
+        Measured::error("no residency between the scrapes")
+    };
+    let state = m1
+        .get(&format!("ctx_cpu_state{{{cpu},state=\"user\"}}"))
+        .unwrap_or(0.0);
+    let info = format!("ctx_cpu_info{{{cpu},nohz_full=\"true\",source=\"context_tracking\"}}");
+    vec![
+        Check::new(
+            1,
+            "/metrics: CPU 2 user share between two scrapes",
+            share,
+            at_least(98.0),
+        )
+        .note(format!(
+            "Δ ctx_cpu_seconds_total user {:.3} s of {total:.3} s",
+            d("user")
+        )),
+        Check::new(
+            1,
+            "/metrics: ctx_cpu_state{cpu=\"2\",state=\"user\"}",
+            Measured::value(state, ""),
+            at_least(1.0),
+        ),
+        Check::new(
+            1,
+            "/metrics: CPU 2 info series",
+            Measured::text(if m1.get(&info).is_some() {
+                "nohz_full, context_tracking"
+            } else {
+                "missing"
+            }),
+            equals("nohz_full, context_tracking"),
+        ),
+    ]
+}
+
+/// Scenario 5 through ctx-daemon's /metrics: call-function IPIs that found CPU 2 in user.
+fn scraped_ipis(
+    m0: anyhow::Result<metrics::Scrape>,
+    m1: anyhow::Result<metrics::Scrape>,
+    cal: u64,
+) -> Check {
+    let name = "/metrics: CAL-vector IPIs on CPU 2 arriving in user";
+    let (m0, m1) = match (m0, m1) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            return Check::new(
+                5,
+                name,
+                Measured::error(format!("{e:#}")),
+                equals("scraped"),
+            );
+        }
+    };
+    let cpu = format!("cpu=\"{USER_CPU}\"");
+    let user = |m: &metrics::Scrape| {
+        m.sum(
+            "ctx_cpu_ipis_received_total{",
+            &[&cpu, "vector=\"call_function", "state=\"user\""],
+        )
+    };
+    let got = (user(&m1) - user(&m0)).max(0.0) as u64;
+    Check::new(
+        5,
+        name,
+        Measured::count(got, "IPIs"),
+        Requirement::Within {
+            target: cal as f64,
+            tolerance: 2.0,
+            of: "CAL Δ, CPU 2".into(),
+        },
+    )
+    .note("Δ ctx_cpu_ipis_received_total{vector=~\"call_function.*\",state=\"user\"}".to_owned())
 }
 
 /// Samples ctx in a thread, every `every`, keeping CPU `cpu`'s view and whether ctx saw it

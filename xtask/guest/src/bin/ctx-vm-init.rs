@@ -78,6 +78,8 @@ fn setup() -> anyhow::Result<()> {
             online.trim()
         );
     }
+    // For /metrics scrapes from inside the guest (busybox wget on loopback).
+    ctx_vm_guest::metrics::loopback_up()?;
     let (tasks, irqs) = sys::move_to_housekeeping(0);
     say!("moved {tasks} tasks and {irqs} interrupts to CPU 0");
     Ok(())
@@ -189,6 +191,12 @@ fn run() -> Vec<Check> {
                 5,
                 "ipi",
                 scenarios::ipis(&mut load, &mut probe),
+            );
+            add(
+                &mut checks,
+                1,
+                "kernel's own state",
+                scenarios::kernel_state(&mut probe),
             );
             add(&mut checks, 2, "kernel", scenarios::kernel_bound(&mut load));
             add(&mut checks, 4, "nmi", scenarios::nmi(&mut load, &mut probe));
