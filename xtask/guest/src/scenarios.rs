@@ -734,7 +734,7 @@ pub fn kernel_state(probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
         checks.push(
             Check::new(
                 if cpu == USER_CPU { 1 } else { 3 },
-                &format!("CPU {cpu}: kernel's own state *{want_kernel} and ctx {want_ctx}"),
+                format!("CPU {cpu}: kernel's own state *{want_kernel} and ctx {want_ctx}"),
                 Measured::count(agree, "of 10 readings"),
                 at_least(10.0),
             )
