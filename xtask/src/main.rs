@@ -1,5 +1,5 @@
 //! Project tasks: `cargo xtask install` installs ctx the way a user gets it; `cargo xtask
-//! rootfs` builds the Debian rootfs of the systemd VM test (issue 6).
+//! sysvm-dev` boots it under a real systemd in a nohz_full VM (issue 6).
 
 use std::process::ExitCode;
 
@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod install;
 mod rootfs;
+mod sysvm;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "ctx project tasks")]
@@ -23,6 +24,9 @@ enum Cmd {
     /// Build (or find in the cache) the Debian rootfs of the systemd VM test and print where it
     /// is.
     Rootfs,
+    /// Development driver of the systemd VM test: boots kernels given as Debian packages with
+    /// a Debian rootfs, systemd as PID 1 and ctx installed, and reads the guest's verdict.
+    SysvmDev(sysvm::dev::Options),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +34,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Install(o) => install::run(&o),
         Cmd::Rootfs => rootfs::print(),
+        Cmd::SysvmDev(o) => sysvm::dev::run(&o),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
