@@ -372,6 +372,65 @@ mod tests {
         fs::remove_dir_all(&d).unwrap();
     }
 
+    /// The overlay is what `cargo xtask install --destdir` stages, plus the enabled check, with
+    /// nothing that would collide with the rootfs' merged-/usr symlinks.
+    #[test]
+    fn overlay_holds_the_install_and_the_check() {
+        let d = std::env::temp_dir().join(format!("xtask-overlay-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        let bins = GuestBins {
+            ctx: install::Binaries {
+                ctx_daemon: d.join("ctx-daemon"),
+                ctxtop: d.join("ctxtop"),
+            },
+            check: d.join("check"),
+        };
+        for p in [&bins.ctx.ctx_daemon, &bins.ctx.ctxtop, &bins.check] {
+            fs::write(p, "x").unwrap();
+        }
+        let cpio = overlay(&install::workspace_root(), &d, &bins).unwrap();
+        let list = Command::new("cpio")
+            .args(["-itv", "--quiet"])
+            .stdin(fs::File::open(&cpio).unwrap())
+            .output()
+            .unwrap();
+        assert!(list.status.success());
+        let list = String::from_utf8(list.stdout).unwrap();
+        let entry = |path: &str| {
+            list.lines()
+                .find(|l| l.split_whitespace().nth(8) == Some(path))
+                .unwrap_or_else(|| panic!("{path} not in the overlay:\n{list}"))
+                .to_owned()
+        };
+        for (path, mode) in [
+            ("usr/bin/ctx-daemon", "-rwxr-xr-x"),
+            ("usr/bin/ctxtop", "-rwxr-xr-x"),
+            ("usr/lib/systemd/system/ctx.service", "-rw-r--r--"),
+            ("usr/lib/sysusers.d/ctx.conf", "-rw-r--r--"),
+            ("etc/ctx/ctx.toml", "-rw-r--r--"),
+            ("usr/share/doc/ctx/deploy/README.md", "-rw-r--r--"),
+            ("usr/local/sbin/ctx-sysvm-check", "-rwxr-xr-x"),
+            ("etc/systemd/system/ctx-sysvm-check.service", "-rw-r--r--"),
+            ("etc", "drwxr-xr-x"),
+            ("usr/local/sbin", "drwxr-xr-x"),
+        ] {
+            assert!(entry(path).starts_with(mode), "{}", entry(path));
+        }
+        assert!(
+            entry("etc/systemd/system/multi-user.target.wants/ctx-sysvm-check.service")
+                .ends_with("-> /etc/systemd/system/ctx-sysvm-check.service")
+        );
+        for l in list.lines() {
+            let p = l.split_whitespace().nth(8).unwrap_or("");
+            assert!(
+                p.starts_with("usr") || p.starts_with("etc"),
+                "{p}: only usr/ and etc/ may be in the overlay (bin, lib are symlinks in the rootfs)"
+            );
+        }
+        fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn qemu_forwards_and_cmdline() {
         let c = qemu_command(
