@@ -3,9 +3,12 @@
 //! that systemd then runs from as PID 1 (`/init` is systemd).
 //!
 //! Why an initramfs and not a disk image: the Debian cloud kernels build virtio-blk (and on 6.1
-//! virtio-pci) as modules, so a disk root would need a module-loading initramfs and a
-//! switch_root in front of systemd; a rootfs held in the initramfs needs neither, boots to
-//! multi-user.target in about 13 s under TCG, and is built without loop devices or mounts.
+//! virtio-pci) as modules, so a disk root needs a module-loading initramfs and a switch_root
+//! in front of systemd. Measured on 6.1 under TCG, both reach `systemctl is-system-running`
+//! = running in about 14 s (ext4 made by `mke2fs -d` on virtio-blk behind a busybox
+//! initramfs: 14.4 s; this archive as the initramfs: 14.0-14.8 s). The initramfs has fewer
+//! moving parts: no block-driver modules per kernel, no second init, no writable disk whose
+//! state outlives a run; the per-run and per-kernel parts are archives appended to this one.
 //! Uncompressed, because unpacking zstd in the emulated guest cost about 3 s more per boot
 //! than the 60 MiB it saves on disk.
 //!
