@@ -78,7 +78,7 @@ pub struct Rootfs {
 }
 
 /// FNV-1a: a stable key for the cache file name (not a security boundary).
-fn fnv1a(s: &str) -> u64 {
+pub fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })

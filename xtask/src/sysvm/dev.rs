@@ -434,6 +434,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             println!("  failure: {f}");
         }
         println!("  console log: {}", log.display());
+        if failures.is_empty() {
+            // 94 MiB each; the parts stay cached.
+            let _ = fs::remove_file(&initrd);
+        }
         results.push((k.release, failures.is_empty(), out.total));
     }
     println!(

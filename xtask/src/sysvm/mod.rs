@@ -151,11 +151,13 @@ fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Archive 3, for one kernel: its virtio-net modules under `usr/lib/modules/RELEASE` with the
-/// `modules.*` indexes that udev's coldplug needs, cached as `cache/modules-RELEASE.cpio`.
+/// `modules.*` indexes that udev's coldplug needs, cached as `cache/modules-RELEASE-KEY.cpio`
+/// (KEY covers the module list).
 /// `debs` are the kernel's packages (the image, and from 7.x `linux-modules-RELEASE`). Needs
 /// `depmod` (Debian package kmod).
 pub fn kernel_modules(debs: &[PathBuf], release: &str, cache: &Path) -> anyhow::Result<PathBuf> {
-    let out = cache.join(format!("modules-{release}.cpio"));
+    let key = rootfs::fnv1a(&NET_MODULES.join(","));
+    let out = cache.join(format!("modules-{release}-{key:016x}.cpio"));
     if out.exists() {
         return Ok(out);
     }
