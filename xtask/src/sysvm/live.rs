@@ -62,6 +62,8 @@ impl Drop for Reaped {
 
 #[derive(Debug, Default)]
 pub struct Query {
+    /// The panel and target the expression comes from, when known.
+    pub panel: String,
     pub expr: String,
     pub series: usize,
     pub min: f64,
@@ -136,10 +138,11 @@ impl fmt::Display for LiveReport {
                 Some(e) => writeln!(f, "  query FAILED ({e}): {}", q.expr)?,
                 None => writeln!(
                     f,
-                    "  query {:>2} series, {:>10} .. {:<10} {}",
+                    "  query {:>2} series, {:>10} .. {:<10} {} {}",
                     q.series,
                     short(q.min),
                     short(q.max),
+                    q.panel,
                     q.expr
                 )?,
             }
@@ -164,6 +167,32 @@ fn short(x: f64) -> String {
     } else {
         format!("{x:.4}")
     }
+}
+
+/// "panel 'TITLE' REFID" for every target with an expression, in the order
+/// dashboard_check.py lists them (panels depth-first, collapsed rows' panels after the row).
+fn targets(dashboard: &Path) -> Vec<String> {
+    fn walk(panels: &[serde_json::Value], out: &mut Vec<String>) {
+        for p in panels {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()) {
+                    out.push(format!(
+                        "[{} {}]",
+                        p["title"].as_str().unwrap_or("?"),
+                        t["refId"].as_str().unwrap_or("?")
+                    ));
+                }
+            }
+            walk(p["panels"].as_array().map_or(&[], Vec::as_slice), out);
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(d) = fs::read(dashboard)
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&d)
+    {
+        walk(v["panels"].as_array().map_or(&[], Vec::as_slice), &mut out);
+    }
+    out
 }
 
 fn api(prom: &str, path: &str) -> anyhow::Result<serde_json::Value> {
@@ -334,11 +363,18 @@ pub fn check(
             String::from_utf8_lossy(&list.stderr)
         );
     }
-    for expr in String::from_utf8_lossy(&list.stdout)
+    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
+    let exprs: Vec<&str> = listed
         .lines()
         .filter(|l| !l.starts_with("dashboard ") && !l.trim().is_empty())
-    {
+        .collect();
+    let mut panels = targets(&dashboard);
+    if panels.len() != exprs.len() {
+        panels = vec![String::new(); exprs.len()];
+    }
+    for (expr, panel) in exprs.into_iter().zip(panels) {
         let mut q = Query {
+            panel,
             expr: expr.to_owned(),
             min: f64::NAN,
             max: f64::NAN,
@@ -371,4 +407,34 @@ pub fn check(
     );
     rep.took = t0.elapsed();
     Ok(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The panel labels line up with dashboard_check.py's list of expressions.
+    #[test]
+    fn targets_match_the_checkers_list() {
+        let root = crate::install::workspace_root();
+        let dashboard = root.join("deploy/grafana/ctx-dashboard.json");
+        let out = Command::new("python3")
+            .arg(root.join("deploy/test/dashboard_check.py"))
+            .arg(&dashboard)
+            .arg("--list")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let listed = String::from_utf8(out.stdout).unwrap();
+        let exprs = listed
+            .lines()
+            .filter(|l| !l.starts_with("dashboard "))
+            .count();
+        let t = targets(&dashboard);
+        assert_eq!(t.len(), exprs, "{t:?}");
+        assert!(
+            t.iter().all(|l| l.starts_with('[') && !l.contains("[? ")),
+            "{t:?}"
+        );
+    }
 }
