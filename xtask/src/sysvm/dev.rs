@@ -178,7 +178,10 @@ struct Outcome {
     total: Duration,
 }
 
-#[allow(clippy::too_many_arguments)] // Dev glue: the harness's runner replaces it.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "development glue; the harness's runner replaces it"
+)]
 fn boot(
     root: &Path,
     work: &Path,
