@@ -545,7 +545,11 @@ fn start(c: &mut Checks) -> anyhow::Result<Scrape> {
     if !c.record(
         "systemctl start ctx",
         o.ok,
-        format!("took {took:.1} s{}", if o.ok { "" } else { &o.stderr }),
+        if o.ok {
+            format!("took {took:.1} s")
+        } else {
+            format!("failed after {took:.1} s: {}", o.stderr.trim())
+        },
     ) {
         dump_journal(Some(since), 40);
         bail!("systemctl start ctx failed");
