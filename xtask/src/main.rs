@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask test` runs every check CI runs, `cargo xtask vm-test` boots
-//! Debian's nohz_full kernels under qemu and runs ctx's scenarios in them, `cargo xtask bench`
+//! Project tasks: `cargo xtask test` runs every check CI runs; `cargo xtask vm-test` boots
+//! Debian's nohz_full kernels under qemu and proves ctx in them, from an initramfs and under a
+//! real systemd; `cargo xtask install` installs ctx the way a user gets it; `cargo xtask bench`
 //! measures what ctx costs and writes BENCHMARKS.md.
 
 use std::process::ExitCode;
@@ -8,6 +9,9 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cmd;
+mod install;
+mod rootfs;
+mod sysvm;
 mod test;
 mod vm;
 
@@ -29,6 +33,15 @@ enum Cmd {
     LintBpf,
     /// Boot Debian's cloud kernels with nohz_full=1-3 under qemu (TCG) and run ctx's scenarios.
     VmTest(vm::Options),
+    /// Build release binaries and install ctx: binaries, systemd unit, sysusers entry, default
+    /// config and docs.
+    Install(install::Options),
+    /// Build (or find in the cache) the Debian rootfs of the systemd VM test and print where it
+    /// is.
+    Rootfs,
+    /// Development driver of the systemd VM test: boots kernels given as Debian packages with
+    /// a Debian rootfs, systemd as PID 1 and ctx installed, and reads the guest's verdict.
+    SysvmDev(sysvm::dev::Options),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +51,9 @@ fn main() -> ExitCode {
         Cmd::Bench(o) => bench::run(&o),
         Cmd::LintBpf => test::lint_bpf(),
         Cmd::VmTest(o) => vm::run(&o),
+        Cmd::Install(o) => install::run(&o),
+        Cmd::Rootfs => rootfs::print(),
+        Cmd::SysvmDev(o) => sysvm::dev::run(&o),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,440 @@
+//! The host's side of the guest's live window: Debian's Prometheus on loopback scrapes the live
+//! ctx through the forwarded port every second and evaluates `deploy/prometheus/ctx.rules.yml`
+//! as shipped; then every recording rule and every dashboard query must return series, and
+//! `deploy/test/dashboard_check.py --prometheus` must pass.
+
+use std::fmt;
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use ctx_sysvm_guest::expo::Scrape;
+use ctx_sysvm_guest::http;
+
+use super::Forward;
+
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks the guest to close its live window.
+pub fn poke(fwd: Forward) -> anyhow::Result<()> {
+    let r = http::get(&fwd.poke_addr(), "/done", HTTP_TIMEOUT)
+        .with_context(|| format!("telling the guest to go on ({})", fwd.poke_addr()))?;
+    if r.status != 200 {
+        bail!("the guest answered HTTP {} to /done", r.status);
+    }
+    Ok(())
+}
+
+/// Scrapes ctx once through the forwarded port: the forward and the guest's virtio-net work.
+pub fn quick(fwd: Forward) -> anyhow::Result<String> {
+    let m = http::get(&fwd.metrics_addr(), "/metrics", HTTP_TIMEOUT)
+        .with_context(|| format!("GET /metrics through {}", fwd.metrics_addr()))?;
+    let h = http::get(&fwd.metrics_addr(), "/healthz", HTTP_TIMEOUT)
+        .with_context(|| format!("GET /healthz through {}", fwd.metrics_addr()))?;
+    let s = Scrape::parse(&m.text()).map_err(|e| anyhow::anyhow!("parsing /metrics: {e}"))?;
+    if m.status != 200 || h.status != 200 || s.samples.is_empty() {
+        bail!(
+            "through {}: /metrics HTTP {} ({} samples), /healthz HTTP {}",
+            fwd.metrics_addr(),
+            m.status,
+            s.samples.len(),
+            h.status
+        );
+    }
+    Ok(format!(
+        "host {} -> guest :10977: /metrics HTTP 200, {} samples; /healthz HTTP 200",
+        fwd.metrics_addr(),
+        s.samples.len()
+    ))
+}
+
+/// Kills and reaps Prometheus when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Query {
+    /// The panel and target the expression comes from, when known.
+    pub panel: String,
+    pub expr: String,
+    pub series: usize,
+    pub min: f64,
+    pub max: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct LiveReport {
+    pub scrapes: f64,
+    pub scrapes_ok: f64,
+    pub scrape_avg: f64,
+    pub scrape_max: f64,
+    pub rules: usize,
+    pub unhealthy: Vec<String>,
+    /// Recording rules and how many series each returned.
+    pub records: Vec<(String, usize)>,
+    /// Alerts pending or firing, with their cpu label.
+    pub alerts: Vec<String>,
+    pub queries: Vec<Query>,
+    pub checker_ok: bool,
+    pub checker_out: String,
+    pub took: Duration,
+}
+
+impl LiveReport {
+    pub fn failures(&self) -> Vec<String> {
+        let mut f: Vec<String> = self.unhealthy.clone();
+        for (r, n) in &self.records {
+            if *n == 0 {
+                f.push(format!("recording rule {r} returned no series"));
+            }
+        }
+        for q in &self.queries {
+            if let Some(e) = &q.error {
+                f.push(format!("dashboard query failed: {e}: {}", q.expr));
+            } else if q.series == 0 {
+                f.push(format!("dashboard query returned no series: {}", q.expr));
+            }
+        }
+        if !self.checker_ok {
+            f.push(format!(
+                "dashboard_check.py --prometheus failed: {}",
+                self.checker_out.trim()
+            ));
+        }
+        f
+    }
+}
+
+impl fmt::Display for LiveReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "live: Prometheus scraped the VM's ctx {:.0} times, {:.0} successfully (scrape time \
+             mean {:.3} s, max {:.3} s); {} rules, {} unhealthy",
+            self.scrapes,
+            self.scrapes_ok,
+            self.scrape_avg,
+            self.scrape_max,
+            self.rules,
+            self.unhealthy.len()
+        )?;
+        for (r, n) in &self.records {
+            writeln!(f, "  record {r}: {n} series")?;
+        }
+        for a in &self.alerts {
+            writeln!(f, "  alert {a}")?;
+        }
+        for q in &self.queries {
+            match &q.error {
+                Some(e) => writeln!(f, "  query FAILED ({e}): {}", q.expr)?,
+                None => writeln!(
+                    f,
+                    "  query {:>2} series, {:>10} .. {:<10} {} {}",
+                    q.series,
+                    short(q.min),
+                    short(q.max),
+                    q.panel,
+                    q.expr
+                )?,
+            }
+        }
+        writeln!(
+            f,
+            "  dashboard_check.py --prometheus: {}",
+            if self.checker_ok { "ok" } else { "FAILED" }
+        )?;
+        for l in self.checker_out.lines() {
+            writeln!(f, "    {l}")?;
+        }
+        write!(f, "  took {:.0} s", self.took.as_secs_f64())
+    }
+}
+
+fn short(x: f64) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else if x != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e6) {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+/// "panel 'TITLE' REFID" for every target with an expression, in the order
+/// dashboard_check.py lists them (panels depth-first, collapsed rows' panels after the row).
+fn targets(dashboard: &Path) -> Vec<String> {
+    fn walk(panels: &[serde_json::Value], out: &mut Vec<String>) {
+        for p in panels {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()) {
+                    out.push(format!(
+                        "[{} {}]",
+                        p["title"].as_str().unwrap_or("?"),
+                        t["refId"].as_str().unwrap_or("?")
+                    ));
+                }
+            }
+            walk(p["panels"].as_array().map_or(&[], Vec::as_slice), out);
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(d) = fs::read(dashboard)
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&d)
+    {
+        walk(v["panels"].as_array().map_or(&[], Vec::as_slice), &mut out);
+    }
+    out
+}
+
+fn api(prom: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let r = http::get(prom, path, HTTP_TIMEOUT)
+        .with_context(|| format!("GET {path} from Prometheus"))?;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).with_context(|| {
+        format!(
+            "Prometheus answered {path} with HTTP {} and no JSON",
+            r.status
+        )
+    })?;
+    if v["status"] != "success" {
+        bail!("{}: {}", v["errorType"], v["error"]);
+    }
+    Ok(v["data"].clone())
+}
+
+fn query(prom: &str, q: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let d = api(prom, &format!("/api/v1/query?query={}", http::encode(q)))?;
+    Ok(match d["result"].as_array() {
+        Some(a) => a.clone(),
+        // A scalar result: one value.
+        None if d["resultType"] == "scalar" => vec![serde_json::json!({"value": d["result"]})],
+        None => vec![],
+    })
+}
+
+fn value(s: &serde_json::Value) -> f64 {
+    s["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn wait(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let mut last = None;
+    while t0.elapsed() < timeout {
+        match f() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    match last {
+        Some(e) => Err(e).context(format!(
+            "timed out after {}s waiting for {what}",
+            timeout.as_secs()
+        )),
+        None => bail!("timed out after {}s waiting for {what}", timeout.as_secs()),
+    }
+}
+
+/// Runs Prometheus against ctx at `fwd.metrics` for `settle` (1 s scrapes), then checks the
+/// rules and the dashboard. `work` receives the config, data and log; `root` is the workspace.
+pub fn check(
+    root: &Path,
+    work: &Path,
+    fwd: Forward,
+    settle: Duration,
+) -> anyhow::Result<LiveReport> {
+    let t0 = Instant::now();
+    let rules = root.join("deploy/prometheus/ctx.rules.yml");
+    let dashboard = root.join("deploy/grafana/ctx-dashboard.json");
+    let checker = root.join("deploy/test/dashboard_check.py");
+    for p in [&rules, &dashboard, &checker] {
+        if !p.exists() {
+            bail!("{} is missing from the workspace", p.display());
+        }
+    }
+    let dir = work.join("prometheus");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let target = fwd.metrics_addr();
+    fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: ctx\n    static_configs:\n      - targets: [\"{target}\"]\n",
+            rules.display()
+        ),
+    )
+    .context("writing prometheus.yml")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port for Prometheus")?
+        .port();
+    let prom = format!("127.0.0.1:{port}");
+    let log = fs::File::create(dir.join("prometheus.log")).context("creating prometheus.log")?;
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prom}"))
+        .arg("--log.level=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting prometheus (apt-get install prometheus, or run .ci/setup)")?;
+    let _reaped = Reaped(child);
+    wait("Prometheus to be ready", Duration::from_secs(60), || {
+        Ok(http::get(&prom, "/-/ready", HTTP_TIMEOUT)?.status == 200)
+    })?;
+    wait("Prometheus to scrape ctx", Duration::from_secs(120), || {
+        Ok(query(&prom, "up{job=\"ctx\"} == 1")?.len() == 1)
+    })?;
+    std::thread::sleep(settle);
+
+    let one =
+        |q: &str| -> anyhow::Result<f64> { Ok(query(&prom, q)?.first().map_or(f64::NAN, value)) };
+    let mut rep = LiveReport {
+        scrapes: one("count_over_time(up{job=\"ctx\"}[10m])")?,
+        scrapes_ok: one("sum_over_time(up{job=\"ctx\"}[10m])")?,
+        scrape_max: one("max_over_time(scrape_duration_seconds{job=\"ctx\"}[10m])")?,
+        scrape_avg: one("avg_over_time(scrape_duration_seconds{job=\"ctx\"}[10m])")?,
+        ..Default::default()
+    };
+    for g in api(&prom, "/api/v1/rules")?["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        for r in g["rules"].as_array().cloned().unwrap_or_default() {
+            rep.rules += 1;
+            let name = r["name"].as_str().unwrap_or("?").to_owned();
+            if r["health"] != "ok" {
+                rep.unhealthy.push(format!(
+                    "rule {name}: health {} ({})",
+                    r["health"], r["lastError"]
+                ));
+            }
+            if r["type"] == "recording" {
+                let n = query(&prom, &name)?.len();
+                rep.records.push((name, n));
+            } else {
+                for a in r["alerts"].as_array().cloned().unwrap_or_default() {
+                    rep.alerts.push(format!(
+                        "{name} {} cpu={}",
+                        a["state"].as_str().unwrap_or("?"),
+                        a["labels"]["cpu"].as_str().unwrap_or("-")
+                    ));
+                }
+            }
+        }
+    }
+
+    let instance = format!("instance={target}");
+    let list = Command::new("python3")
+        .arg(&checker)
+        .arg(&dashboard)
+        .args(["--list", "--var", &instance])
+        .output()
+        .context("running python3 deploy/test/dashboard_check.py --list")?;
+    if !list.status.success() {
+        bail!(
+            "dashboard_check.py --list failed: {}",
+            String::from_utf8_lossy(&list.stderr)
+        );
+    }
+    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
+    let exprs: Vec<&str> = listed
+        .lines()
+        .filter(|l| !l.starts_with("dashboard ") && !l.trim().is_empty())
+        .collect();
+    let mut panels = targets(&dashboard);
+    if panels.len() != exprs.len() {
+        panels = vec![String::new(); exprs.len()];
+    }
+    for (expr, panel) in exprs.into_iter().zip(panels) {
+        let mut q = Query {
+            panel,
+            expr: expr.to_owned(),
+            min: f64::NAN,
+            max: f64::NAN,
+            ..Default::default()
+        };
+        match query(&prom, expr) {
+            Ok(r) => {
+                q.series = r.len();
+                let v: Vec<f64> = r.iter().map(value).filter(|v| !v.is_nan()).collect();
+                q.min = v.iter().copied().fold(f64::NAN, f64::min);
+                q.max = v.iter().copied().fold(f64::NAN, f64::max);
+            }
+            Err(e) => q.error = Some(format!("{e:#}")),
+        }
+        rep.queries.push(q);
+    }
+    let out = Command::new("python3")
+        .arg(&checker)
+        .arg(&dashboard)
+        .arg("--prometheus")
+        .arg(format!("http://{prom}"))
+        .args(["--var", &instance])
+        .output()
+        .context("running python3 deploy/test/dashboard_check.py --prometheus")?;
+    rep.checker_ok = out.status.success();
+    rep.checker_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rep.took = t0.elapsed();
+    Ok(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The panel labels line up with dashboard_check.py's list of expressions.
+    #[test]
+    fn targets_match_the_checkers_list() {
+        let root = crate::install::workspace_root();
+        let dashboard = root.join("deploy/grafana/ctx-dashboard.json");
+        let out = Command::new("python3")
+            .arg(root.join("deploy/test/dashboard_check.py"))
+            .arg(&dashboard)
+            .arg("--list")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let listed = String::from_utf8(out.stdout).unwrap();
+        let exprs = listed
+            .lines()
+            .filter(|l| !l.starts_with("dashboard "))
+            .count();
+        let t = targets(&dashboard);
+        assert_eq!(t.len(), exprs, "{t:?}");
+        assert!(
+            t.iter().all(|l| l.starts_with('[') && !l.contains("[? ")),
+            "{t:?}"
+        );
+    }
+}
