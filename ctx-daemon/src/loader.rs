@@ -100,12 +100,21 @@ impl Origin {
     }
 }
 
+/// Where the eBPF side's log records (aya-log) can be read from.
+pub enum LogSource {
+    None,
+    /// This process loaded the logging program: its ring buffer, ready to read.
+    Reader(aya_log::EbpfLogger<&'static dyn log::Log>),
+    /// A reused program; opening its ring buffer by program id needs CAP_SYS_ADMIN.
+    ProgramId(u32),
+}
+
 /// The attached programs and the maps user space reads.
 pub struct Probes {
     /// Owns unpinned programs and links: dropping it detaches them.
     _ebpf: Option<Ebpf>,
-    /// Id of the program that logs on a cold path (aya-log), to read its records.
-    pub log_prog_id: Option<u32>,
+    /// The cold-path log records of the eBPF side (aya-log), when they can be read.
+    pub logs: LogSource,
     /// Taken by the sampler; see [`Probes::take_cpu_map`].
     cpu: Option<PerCpuArray<MapData, CpuRecord>>,
     pub ledger: Option<Array<MapData, Ledger>>,
@@ -287,7 +296,7 @@ pub fn open_pinned(dir: &Path, sys: &SysRoot) -> Result<Option<Probes>, LoadErro
     }
     Ok(Some(Probes {
         _ebpf: None,
-        log_prog_id: None,
+        logs: LogSource::None,
         cpu: Some(cpu),
         ledger: None,
         meta,
@@ -553,27 +562,25 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
         Some(m) => Some(Array::try_from(m).map_err(map_err(MAP_LEDGER))?),
         None => None,
     };
-    // The hotplug program logs (a cold path); its id lets aya-log find the ring buffer, for
-    // reused (pinned) programs too.
+    // The hotplug program logs (a cold path). When this process loaded it, the ring buffer is
+    // in hand; a reused (pinned) program's is found from its id, which takes CAP_SYS_ADMIN.
     let log_hook = "cpuhp_enter";
-    let log_prog_id = match pin {
-        Some(dir) => PinnedLink::from_pin(dir.join("links").join(log_hook))
-            .ok()
+    let logs = match report.status(log_hook) {
+        Some(HookStatus::Attached) => aya_log::EbpfLogger::init(&mut ebpf)
+            .map(LogSource::Reader)
+            .unwrap_or(LogSource::None),
+        Some(HookStatus::Reused) => pin
+            .and_then(|dir| PinnedLink::from_pin(dir.join("links").join(log_hook)).ok())
             .and_then(|l| FdLink::from(l).info().ok())
-            .map(|i| i.program_id()),
-        None => HOOKS
-            .iter()
-            .find(|h| h.tracepoint == log_hook)
-            .and_then(|h| ebpf.program(h.program))
-            .and_then(|p| p.info().ok())
-            .map(|i| i.id()),
+            .map_or(LogSource::None, |i| LogSource::ProgramId(i.program_id())),
+        _ => LogSource::None,
     };
     for (h, s) in &report.hooks {
         debug!(hook = h.tracepoint, group = h.group, status = %s, "hook");
     }
     Ok(Probes {
         _ebpf: Some(ebpf),
-        log_prog_id,
+        logs,
         cpu: Some(cpu),
         ledger,
         meta,

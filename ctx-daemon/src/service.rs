@@ -219,8 +219,11 @@ impl Sampler {
                 std::thread::sleep(next - now);
                 next += self.interval;
             } else {
-                // Fell behind (a slow sweep or a stop of the process): do not try to catch up.
-                next = now + self.interval;
+                // Fell behind (sweeps slower than the interval, or the process was stopped):
+                // rest a full interval rather than sweep back to back, so a starved
+                // housekeeping CPU still has time for scrapes, and do not try to catch up.
+                std::thread::sleep(self.interval);
+                next = Instant::now() + self.interval;
             }
         }
         self.flush();

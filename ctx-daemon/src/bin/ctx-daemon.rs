@@ -143,12 +143,20 @@ fn run(args: &Args) -> anyhow::Result<()> {
         "programs ready"
     );
     for (h, s) in &session.probes.hooks.hooks {
-        if !s.active() {
-            warn!(hook = format!("{}:{}", h.group, h.tracepoint), status = %s, "hook not in use");
+        let hook = format!("{}:{}", h.group, h.tracepoint);
+        match s {
+            // Expected where the kernel lacks the feature (no CONTEXT_TRACKING_USER, say).
+            ctx::hooks::HookStatus::Absent => info!(hook, "hook absent from this kernel"),
+            s if !s.active() => warn!(hook, status = %s, "hook not in use"),
+            _ => {}
         }
     }
     // Opened before dropping capabilities: finding a program's maps by id needs CAP_SYS_ADMIN.
-    let logger = session.probes.log_prog_id.and_then(open_log_reader);
+    let logger = match std::mem::replace(&mut session.probes.logs, ctx::loader::LogSource::None) {
+        ctx::loader::LogSource::Reader(l) => Some(l),
+        ctx::loader::LogSource::ProgramId(id) => open_log_reader(id),
+        ctx::loader::LogSource::None => None,
+    };
     let ledger = session.probes.ledger.take().map(LedgerMap::new);
     match service::drop_capabilities() {
         Ok(kept) => info!(kept = %kept, "dropped capabilities not needed for sampling"),
@@ -254,7 +262,12 @@ type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 fn open_log_reader(prog_id: u32) -> Option<Logger> {
     aya_log::EbpfLogger::init_from_id(prog_id)
-        .map_err(|e| warn!("eBPF log records unavailable: {e}"))
+        .map_err(|e| {
+            info!(
+                "hotplug log records of the reused programs are not forwarded ({e}): reading \
+                 them by program id needs CAP_SYS_ADMIN"
+            )
+        })
         .ok()
 }
 
