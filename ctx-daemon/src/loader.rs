@@ -104,7 +104,7 @@ impl Origin {
 pub enum LogSource {
     None,
     /// This process loaded the logging program: its ring buffer, ready to read.
-    Reader(aya_log::EbpfLogger<&'static dyn log::Log>),
+    Reader(Box<aya_log::EbpfLogger<&'static dyn log::Log>>),
     /// A reused program; opening its ring buffer by program id needs CAP_SYS_ADMIN.
     ProgramId(u32),
 }
@@ -567,7 +567,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
     let log_hook = "cpuhp_enter";
     let logs = match report.status(log_hook) {
         Some(HookStatus::Attached) => aya_log::EbpfLogger::init(&mut ebpf)
-            .map(LogSource::Reader)
+            .map(|l| LogSource::Reader(Box::new(l)))
             .unwrap_or(LogSource::None),
         Some(HookStatus::Reused) => pin
             .and_then(|dir| PinnedLink::from_pin(dir.join("links").join(log_hook)).ok())

@@ -153,7 +153,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     // Opened before dropping capabilities: finding a program's maps by id needs CAP_SYS_ADMIN.
     let logger = match std::mem::replace(&mut session.probes.logs, ctx::loader::LogSource::None) {
-        ctx::loader::LogSource::Reader(l) => Some(l),
+        ctx::loader::LogSource::Reader(l) => Some(*l),
         ctx::loader::LogSource::ProgramId(id) => open_log_reader(id),
         ctx::loader::LogSource::None => None,
     };
