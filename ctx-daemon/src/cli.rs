@@ -51,6 +51,30 @@ pub fn init_logging(default: &str) {
     }
 }
 
+/// Common start of both binaries: logging, then keeping khugepaged off ctx's own memory (a
+/// collapse ends in an IPI to every CPU, the nohz_full ones included), then `run`, whose error
+/// is printed as `NAME: error: cause: cause...` with a failure exit.
+pub fn main_with(
+    name: &str,
+    default_log: &str,
+    run: impl FnOnce() -> anyhow::Result<()>,
+) -> std::process::ExitCode {
+    init_logging(default_log);
+    if let Err(e) = crate::system::exclude_from_thp() {
+        tracing::warn!(
+            "cannot opt out of transparent huge pages ({e}): khugepaged may IPI every CPU when \
+             it collapses this process's memory"
+        );
+    }
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn is_tty(fd: i32) -> bool {
     // SAFETY: isatty has no memory-safety preconditions.
     unsafe { libc::isatty(fd) == 1 }

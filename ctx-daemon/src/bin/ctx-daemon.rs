@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use ctx::cli::{init_logging, parse_duration};
+use ctx::cli::parse_duration;
 use ctx::config::{self, DEFAULT_CONFIG, FlagConfig, Settings};
 use ctx::export::ExportStatic;
 use ctx::hooks::HOOKS;
@@ -57,21 +57,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    init_logging("info");
-    if let Err(e) = ctx::system::exclude_from_thp() {
-        tracing::warn!(
-            "cannot opt out of transparent huge pages ({e}): khugepaged may IPI every CPU when \
-             it collapses this process's memory"
-        );
-    }
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ctx-daemon: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ctx::cli::main_with("ctx-daemon", "info", || run(&Args::parse()))
 }
 
 fn settings(args: &Args) -> anyhow::Result<Settings> {

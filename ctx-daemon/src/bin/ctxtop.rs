@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use ctx::cli::{init_logging, is_tty, parse_duration};
+use ctx::cli::{is_tty, parse_duration};
 use ctx::loader::DEFAULT_PIN_DIR;
 use ctx::report;
 use ctx::session::{Attach, Session};
@@ -50,21 +50,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    init_logging("warn");
-    if let Err(e) = ctx::system::exclude_from_thp() {
-        tracing::warn!(
-            "cannot opt out of transparent huge pages ({e}): khugepaged may IPI every CPU when \
-             it collapses this process's memory"
-        );
-    }
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ctxtop: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ctx::cli::main_with("ctxtop", "warn", || run(&Args::parse()))
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
