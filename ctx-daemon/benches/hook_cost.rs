@@ -6,6 +6,8 @@
 //!    all alike; the median of the rounds is reported.
 //! 2. One sampler sweep (a per-CPU map copy of every CPU's record), median and p99.
 //! 3. Memory: the per-CPU record and the sampler's resident set.
+//! 4. ctx-daemon itself at its defaults: CPU time and resident memory in steady state, and the
+//!    time to serve a scrape.
 //!
 //! Run by `cargo xtask bench`, which writes the table to BENCHMARKS.md. Needs root.
 //! Arguments: `--rounds N` (default 7), `--calls N` per round (default 2000000),
@@ -112,6 +114,100 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+struct Daemon {
+    window_s: f64,
+    cpu_pct: f64,
+    rss_kib: u64,
+    hwm_kib: u64,
+    scrape_us: f64,
+    scrape_bytes: usize,
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| {
+            let rest = t.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+fn http_get(port: u16) -> anyhow::Result<usize> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut b = Vec::new();
+    s.read_to_end(&mut b)?;
+    Ok(b.len())
+}
+
+/// Runs the real ctx-daemon with a private pin dir and port, and measures it.
+fn daemon_steady_state() -> anyhow::Result<Daemon> {
+    let pin = format!("/sys/fs/bpf/ctx-bench-{}", std::process::id());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ctx-daemon"))
+        .args(["--pin-dir", &pin, "--config", "/dev/null"])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting ctx-daemon")?;
+    let pid = child.id();
+    let result = (|| -> anyhow::Result<Daemon> {
+        let t = Instant::now();
+        while http_get(port).is_err() {
+            if t.elapsed().as_secs() > 60 {
+                bail!("ctx-daemon did not serve within 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let window = std::time::Duration::from_secs(10);
+        let (a, t0) = (cpu_ticks(pid), Instant::now());
+        std::thread::sleep(window);
+        let (b, dt) = (cpu_ticks(pid), t0.elapsed().as_secs_f64());
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..100 {
+            let t = Instant::now();
+            bytes = http_get(port)?;
+            times.push(t.elapsed().as_nanos() as f64 / 1e3);
+        }
+        Ok(Daemon {
+            window_s: dt,
+            cpu_pct: (b - a) as f64 / hz / dt * 100.0,
+            rss_kib: status_kib(pid, "VmRSS:"),
+            hwm_kib: status_kib(pid, "VmHWM:"),
+            scrape_us: median(&mut times),
+            scrape_bytes: bytes,
+        })
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::process::Command::new(env!("CARGO_BIN_EXE_ctx-daemon"))
+        .args(["--detach", "--pin-dir", &pin])
+        .output();
+    result
+}
+
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes --bench; ignore anything we do not know.
     let rounds: usize = arg("--rounds").map_or(Ok(7), |v| v.parse())?;
@@ -188,6 +284,9 @@ fn main() -> anyhow::Result<()> {
     let sweep_p99 = percentile(&mut sweeps, 0.99) / 1e3;
     let rss = rss_kib();
 
+    drop(s);
+    let daemon = daemon_steady_state()?;
+
     let mut out = String::new();
     writeln!(out, "## getpid() round trip on CPU {cpu}")?;
     writeln!(out)?;
@@ -245,6 +344,31 @@ fn main() -> anyhow::Result<()> {
         size_of::<ctx_common::CpuRecord>() * possible
     )?;
     writeln!(out, "| benchmark process RSS after sampling | {rss} KiB |")?;
+    writeln!(out)?;
+    writeln!(out, "## ctx-daemon at its defaults (10 ms sampling)")?;
+    writeln!(out)?;
+    writeln!(out, "| measure | value |")?;
+    writeln!(out, "|---|---:|")?;
+    writeln!(
+        out,
+        "| CPU time over {:.0} s of steady state | {:.2} % of one CPU |",
+        daemon.window_s, daemon.cpu_pct
+    )?;
+    writeln!(
+        out,
+        "| resident memory, steady state | {} KiB |",
+        daemon.rss_kib
+    )?;
+    writeln!(
+        out,
+        "| resident memory, peak (BTF parsed at start) | {} KiB |",
+        daemon.hwm_kib
+    )?;
+    writeln!(
+        out,
+        "| GET /metrics, median of 100 ({} bytes) | {:.0} µs |",
+        daemon.scrape_bytes, daemon.scrape_us
+    )?;
     writeln!(out)?;
     writeln!(out, "## Machine")?;
     writeln!(out)?;

@@ -289,6 +289,16 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Hands memory freed after start-up (kernel BTF is parsed once, tens of MiB) back to the
+/// system; glibc keeps it otherwise. musl returns freed memory on its own.
+pub fn release_startup_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 pub fn mono_now_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)

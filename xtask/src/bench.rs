@@ -48,6 +48,14 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
          ratios rather than absolute numbers across machines."
     )?;
     writeln!(out)?;
+    writeln!(
+        out,
+        "The hook-cost table has a third baseline besides \"nothing\" and \"empty programs\": \
+         programs that only read the clock. Residency needs a timestamp at every mode transition, \
+         so no implementation of it can cost less than that case; the difference between it and \
+         ctx is what ctx's own bookkeeping costs."
+    )?;
+    writeln!(out)?;
     out.push_str(&measured);
     let path = root().join("BENCHMARKS.md");
     std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;

@@ -201,6 +201,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         watchdog,
     };
     sampler.restore();
+    ctx::system::release_startup_memory();
     let first = sampler
         .step()
         .context("first sample of the per-CPU map failed")?;
