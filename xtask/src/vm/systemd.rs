@@ -164,6 +164,8 @@ pub fn boot(
         let _ = h.join();
     }
     let run = run?;
+    // The runner's findings first: a timeout or a panic explains what the host side saw.
+    o.problems.extend(run.problems);
     match rx.try_recv() {
         Ok(Ok(live)) => o.live = Some(live),
         Ok(Err(e)) => o
@@ -171,7 +173,6 @@ pub fn boot(
             .push(format!("host side of the live window: {e:#}")),
         Err(_) => {}
     }
-    o.problems.extend(run.problems);
     o.elapsed = run.elapsed;
     o.to_verdict = run.to_verdict;
     Ok(o)
