@@ -31,7 +31,8 @@ enum Cmd {
     Bench(bench::Options),
     /// Lint the eBPF programs for the BPF target (the host lint only sees a stub).
     LintBpf,
-    /// Boot Debian's cloud kernels with nohz_full=1-3 under qemu (TCG) and run ctx's scenarios.
+    /// Boot Debian's cloud kernels with nohz_full=1-3 under qemu (TCG): ctx's scenarios from an
+    /// initramfs, and ctx as a systemd service under a real systemd.
     VmTest(vm::Options),
     /// Build release binaries and install ctx: binaries, systemd unit, sysusers entry, default
     /// config and docs.
@@ -39,9 +40,6 @@ enum Cmd {
     /// Build (or find in the cache) the Debian rootfs of the systemd VM test and print where it
     /// is.
     Rootfs,
-    /// Development driver of the systemd VM test: boots kernels given as Debian packages with
-    /// a Debian rootfs, systemd as PID 1 and ctx installed, and reads the guest's verdict.
-    SysvmDev(sysvm::dev::Options),
 }
 
 fn main() -> ExitCode {
@@ -53,7 +51,6 @@ fn main() -> ExitCode {
         Cmd::VmTest(o) => vm::run(&o),
         Cmd::Install(o) => install::run(&o),
         Cmd::Rootfs => rootfs::print(),
-        Cmd::SysvmDev(o) => sysvm::dev::run(&o),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

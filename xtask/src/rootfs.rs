@@ -333,7 +333,7 @@ pub fn build_rootfs(cache: &Path) -> anyhow::Result<Rootfs> {
 
 /// `cargo xtask rootfs`: builds the rootfs into the cache, or finds it there.
 pub fn print() -> anyhow::Result<()> {
-    let cache = crate::install::workspace_root().join("target/vm");
+    let cache = crate::vm::cache_dir(&crate::install::workspace_root())?;
     let r = build_rootfs(&cache)?;
     println!(
         "{} ({:.1} MiB, {} packages{})",

@@ -7,6 +7,7 @@ use std::fmt;
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -227,14 +228,24 @@ fn value(s: &serde_json::Value) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Fails once `gone` is set: the VM is no more, and nothing will answer.
+fn alive(gone: &AtomicBool) -> anyhow::Result<()> {
+    if gone.load(Ordering::Relaxed) {
+        bail!("the VM is gone");
+    }
+    Ok(())
+}
+
 fn wait(
     what: &str,
     timeout: Duration,
+    gone: &AtomicBool,
     mut f: impl FnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut last = None;
     while t0.elapsed() < timeout {
+        alive(gone).with_context(|| format!("waiting for {what}"))?;
         match f() {
             Ok(true) => return Ok(()),
             Ok(false) => {}
@@ -253,11 +264,13 @@ fn wait(
 
 /// Runs Prometheus against ctx at `fwd.metrics` for `settle` (1 s scrapes), then checks the
 /// rules and the dashboard. `work` receives the config, data and log; `root` is the workspace.
+/// Gives up early once `gone` is set (qemu exited).
 pub fn check(
     root: &Path,
     work: &Path,
     fwd: Forward,
     settle: Duration,
+    gone: &AtomicBool,
 ) -> anyhow::Result<LiveReport> {
     let t0 = Instant::now();
     let rules = root.join("deploy/prometheus/ctx.rules.yml");
@@ -304,13 +317,24 @@ pub fn check(
         .spawn()
         .context("starting prometheus (apt-get install prometheus, or run .ci/setup)")?;
     let _reaped = Reaped(child);
-    wait("Prometheus to be ready", Duration::from_secs(60), || {
-        Ok(http::get(&prom, "/-/ready", HTTP_TIMEOUT)?.status == 200)
-    })?;
-    wait("Prometheus to scrape ctx", Duration::from_secs(120), || {
-        Ok(query(&prom, "up{job=\"ctx\"} == 1")?.len() == 1)
-    })?;
-    std::thread::sleep(settle);
+    wait(
+        "Prometheus to be ready",
+        Duration::from_secs(60),
+        gone,
+        || Ok(http::get(&prom, "/-/ready", HTTP_TIMEOUT)?.status == 200),
+    )?;
+    wait(
+        "Prometheus to scrape ctx",
+        Duration::from_secs(120),
+        gone,
+        || Ok(query(&prom, "up{job=\"ctx\"} == 1")?.len() == 1),
+    )?;
+    let t_settle = Instant::now();
+    while t_settle.elapsed() < settle {
+        alive(gone).context("letting Prometheus scrape")?;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    alive(gone)?;
 
     let one =
         |q: &str| -> anyhow::Result<f64> { Ok(query(&prom, q)?.first().map_or(f64::NAN, value)) };

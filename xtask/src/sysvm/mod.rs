@@ -12,10 +12,10 @@
 //! ctx (`live.rs`: Prometheus, recording rules, dashboard queries) while the guest holds its
 //! live window open, and then tell it to go on.
 //!
-//! Entry points for `cargo xtask vm-test`: [`overlay`], [`kernel_modules`], [`initrd`],
+//! `cargo xtask vm-test` (`vm/systemd.rs`) puts these together: [`overlay`], [`kernel_modules`]
+//! (called by the harness's kernel download while the packages are at hand), [`initrd`],
 //! [`qemu_command`], `ctx_sysvm_guest::proto::Transcript` for the console, [`live::check`]
-//! and [`live::quick`] for the host side of the live window. `dev.rs` is development glue
-//! that plays the harness's part until then.
+//! and [`live::quick`] for the host side of the live window.
 
 use std::fs;
 use std::io::Write as _;
@@ -29,7 +29,6 @@ use ctx_sysvm_guest::proto::{LIVE_PARAM, METRICS_PORT, POKE_PORT};
 use crate::install;
 use crate::rootfs;
 
-pub mod dev;
 pub mod live;
 
 /// The kernel command line: the harness's (nohz_full under test, `tsc=nowatchdog` against the
@@ -73,26 +72,11 @@ const NET_MODULES: [&str; 8] = [
     "virtio_pci_legacy_dev",
 ];
 
-/// The static musl programs that go into the guest.
+/// The static musl programs that go into the guest (built by the harness's
+/// `vm::artifacts::build`).
 pub struct GuestBins {
     pub ctx: install::Binaries,
     pub check: PathBuf,
-}
-
-/// Builds ctx-daemon, ctxtop and ctx-sysvm-check for the guest.
-pub fn build_guest_bins(root: &Path) -> anyhow::Result<GuestBins> {
-    let mut exes = install::build(root, install::MUSL, &["ctx-daemon", "ctx-sysvm-guest"])?;
-    let mut take = |n: &str| {
-        exes.remove(n)
-            .with_context(|| format!("cargo build produced no {n} executable"))
-    };
-    Ok(GuestBins {
-        ctx: install::Binaries {
-            ctx_daemon: take("ctx-daemon")?,
-            ctxtop: take("ctxtop")?,
-        },
-        check: take("ctx-sysvm-check")?,
-    })
 }
 
 fn put(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
@@ -150,14 +134,22 @@ fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// What the names of the module archives start with.
+pub const MODULES_ARCHIVE_PREFIX: &str = "modules-";
+
+/// Where [`kernel_modules`] caches the archive of `release` in `cache`:
+/// `modules-RELEASE-KEY.cpio`, KEY covering the module list.
+pub fn modules_archive(cache: &Path, release: &str) -> PathBuf {
+    let key = rootfs::fnv1a(&NET_MODULES.join(","));
+    cache.join(format!("{MODULES_ARCHIVE_PREFIX}{release}-{key:016x}.cpio"))
+}
+
 /// Archive 3, for one kernel: its virtio-net modules under `usr/lib/modules/RELEASE` with the
-/// `modules.*` indexes that udev's coldplug needs, cached as `cache/modules-RELEASE-KEY.cpio`
-/// (KEY covers the module list).
+/// `modules.*` indexes that udev's coldplug needs, cached as [`modules_archive`].
 /// `debs` are the kernel's packages (the image, and from 7.x `linux-modules-RELEASE`). Needs
 /// `depmod` (Debian package kmod).
 pub fn kernel_modules(debs: &[PathBuf], release: &str, cache: &Path) -> anyhow::Result<PathBuf> {
-    let key = rootfs::fnv1a(&NET_MODULES.join(","));
-    let out = cache.join(format!("modules-{release}-{key:016x}.cpio"));
+    let out = modules_archive(cache, release);
     if out.exists() {
         return Ok(out);
     }

@@ -1,20 +1,23 @@
-//! Building what goes into the guest: static musl builds of ctx-daemon, ctxtop, the guest init
-//! and the workload helper.
+//! Building what goes into the guests: static musl builds of ctx-daemon, ctxtop, the
+//! initramfs guest's init and workload helper, and the systemd guest's check.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
-pub const MUSL: &str = "x86_64-unknown-linux-musl";
+use crate::install;
+use crate::sysvm::GuestBins;
+
+pub use crate::install::MUSL;
 
 pub struct Binaries {
     pub init: PathBuf,
     pub ctx_daemon: PathBuf,
     pub ctxtop: PathBuf,
     pub work: PathBuf,
+    /// ctx-sysvm-check, the systemd guest's check.
+    pub check: PathBuf,
 }
 
 fn cargo() -> Command {
@@ -40,47 +43,15 @@ pub fn target_dir(root: &Path) -> anyhow::Result<PathBuf> {
         .context("cargo metadata has no target_directory")
 }
 
-/// `cargo build --release --target x86_64-unknown-linux-musl` of the guest's programs; returns
-/// where cargo put them.
+/// One `cargo build --release --target x86_64-unknown-linux-musl` of every program that goes
+/// into a guest: ctx's two, the initramfs guest's init and workload helper, and the systemd
+/// guest's check.
 pub fn build(root: &Path) -> anyhow::Result<Binaries> {
-    let mut child = cargo()
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            MUSL,
-            "-p",
-            "ctx-daemon",
-            "-p",
-            "ctx-vm-guest",
-            "--bins",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running cargo build")?;
-    let stdout = child.stdout.take().context("no pipe from cargo")?;
-    let mut exes = BTreeMap::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading cargo's output")?;
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if msg["reason"] == "compiler-artifact"
-            && let (Some(name), Some(exe)) =
-                (msg["target"]["name"].as_str(), msg["executable"].as_str())
-        {
-            exes.insert(name.to_owned(), PathBuf::from(exe));
-        }
-    }
-    let status = child.wait().context("waiting for cargo build")?;
-    if !status.success() {
-        bail!(
-            "cargo build --target {MUSL} failed ({status}); if the target or bpf-linker is \
-             missing, run .ci/setup"
-        );
-    }
+    let mut exes = install::build(
+        root,
+        MUSL,
+        &["ctx-daemon", "ctx-vm-guest", "ctx-sysvm-guest"],
+    )?;
     let mut take = |name: &str| {
         exes.remove(name)
             .with_context(|| format!("cargo build produced no {name} executable"))
@@ -90,5 +61,19 @@ pub fn build(root: &Path) -> anyhow::Result<Binaries> {
         ctx_daemon: take("ctx-daemon")?,
         ctxtop: take("ctxtop")?,
         work: take("ctx-vm-work")?,
+        check: take("ctx-sysvm-check")?,
     })
+}
+
+impl Binaries {
+    /// What the systemd guest gets: ctx as `cargo xtask install` installs it, and the check.
+    pub fn systemd(&self) -> GuestBins {
+        GuestBins {
+            ctx: install::Binaries {
+                ctx_daemon: self.ctx_daemon.clone(),
+                ctxtop: self.ctxtop.clone(),
+            },
+            check: self.check.clone(),
+        }
+    }
 }

@@ -45,7 +45,9 @@ pub struct Kernel {
     /// What `uname -r` will say.
     pub release: String,
     pub vmlinuz: PathBuf,
-    /// The image was already in the cache.
+    /// The archive of the modules the systemd VM loads (virtio-net), when asked for.
+    pub modules: Option<PathBuf>,
+    /// Everything asked for was already in the cache.
     pub cached: bool,
 }
 
@@ -185,8 +187,67 @@ fn depends(field: &str) -> Vec<String> {
         .collect()
 }
 
-/// Resolves the suite's current cloud kernel and makes sure its image is in the cache.
-pub fn fetch(suite: Suite, cache: &Path) -> anyhow::Result<Kernel> {
+/// What the suite's kernel is made of in the archive.
+#[derive(Debug, PartialEq, Eq)]
+struct Packages {
+    /// `uname -r` of the kernel.
+    release: String,
+    /// The package that holds vmlinuz.
+    image: String,
+    /// The path of vmlinuz in `image`.
+    member: String,
+    /// The packages that hold the modules and their indexes (`modules.order`,
+    /// `modules.builtin`): the image itself before 7.x; from 7.x `linux-modules-RELEASE` and
+    /// `linux-base-RELEASE`.
+    modules: Vec<String>,
+}
+
+/// Resolves the packages from the metapackage's Depends, and the Depends of its image package
+/// (`image_depends`, given the package's name).
+fn packages(
+    meta_depends: &str,
+    image_depends: impl FnOnce(&str) -> anyhow::Result<String>,
+) -> anyhow::Result<Packages> {
+    let image = depends(meta_depends)
+        .into_iter()
+        .find(|n| n.starts_with("linux-image-") && n != META)
+        .with_context(|| format!("{META} depends on no linux-image-*"))?;
+    let release = image
+        .strip_prefix("linux-image-")
+        .unwrap_or(&image)
+        .to_owned();
+    // From 7.x the image package is empty: vmlinuz ships in linux-binary-RELEASE, the modules
+    // in linux-modules-RELEASE, and their indexes and the config in linux-base-RELEASE.
+    let deps = depends(&image_depends(&image)?);
+    let dep = |prefix: &str| {
+        let want = format!("{prefix}{release}");
+        deps.iter()
+            .find(|n| **n == want)
+            .cloned()
+            .with_context(|| format!("{image} depends on linux-binary-{release} but not {want}"))
+    };
+    Ok(if deps.iter().any(|n| n.starts_with("linux-binary-")) {
+        Packages {
+            member: format!("./usr/lib/modules/{release}/vmlinuz"),
+            image: dep("linux-binary-")?,
+            modules: vec![dep("linux-modules-")?, dep("linux-base-")?],
+            release,
+        }
+    } else {
+        Packages {
+            member: format!("./boot/vmlinuz-{release}"),
+            modules: vec![image.clone()],
+            image,
+            release,
+        }
+    })
+}
+
+/// Resolves the suite's current cloud kernel and makes sure its image is in the cache; with
+/// `modules`, also the archive of the modules the systemd VM needs (`sysvm::kernel_modules`),
+/// built from the kernel's packages while they are at hand. The packages themselves are not
+/// kept.
+pub fn fetch(suite: Suite, cache: &Path, modules: bool) -> anyhow::Result<Kernel> {
     let dir = cache.join(suite.name());
     let apt = Apt::new(&dir, suite)?;
     if let Err(e) = apt.update() {
@@ -206,47 +267,75 @@ pub fn fetch(suite: Suite, cache: &Path) -> anyhow::Result<Kernel> {
     }
     let meta = apt.show(META)?;
     let version = meta.get("Version").cloned().unwrap_or_default();
-    let image = depends(meta.get("Depends").map_or("", String::as_str))
-        .into_iter()
-        .find(|n| n.starts_with("linux-image-") && n != META)
-        .with_context(|| format!("{META} in {} depends on no linux-image-*", suite.name()))?;
-    let release = image
-        .strip_prefix("linux-image-")
-        .unwrap_or(&image)
-        .to_owned();
-    // From 7.x the image package is empty and vmlinuz ships in linux-binary-<release>.
-    let img = apt.show(&image)?;
-    let (package, member) = match depends(img.get("Depends").map_or("", String::as_str))
-        .into_iter()
-        .find(|n| n.starts_with("linux-binary-"))
-    {
-        Some(bin) => (bin, format!("./usr/lib/modules/{release}/vmlinuz")),
-        None => (image.clone(), format!("./boot/vmlinuz-{release}")),
-    };
+    let p = packages(meta.get("Depends").map_or("", String::as_str), |image| {
+        Ok(apt.show(image)?.get("Depends").cloned().unwrap_or_default())
+    })
+    .with_context(|| format!("resolving the {} cloud kernel", suite.name()))?;
+    let release = p.release.clone();
     let vmlinuz = dir.join(format!("vmlinuz-{release}"));
-    let cached = vmlinuz.metadata().is_ok_and(|m| m.len() > 0);
+    let archive = crate::sysvm::modules_archive(&dir, &release);
+    let have_image = vmlinuz.metadata().is_ok_and(|m| m.len() > 0);
+    let have_modules = !modules || archive.exists();
+    let cached = have_image && have_modules;
     if !cached {
-        eprintln!("vm-test: {}: downloading {package}", suite.name());
-        let deb = apt.download(&package)?;
-        extract(&deb, &member, &vmlinuz)?;
-        let _ = fs::remove_file(&deb);
-        // Older images of this suite are of no further use.
+        let mut names = Vec::new();
+        if !have_image {
+            names.push(p.image.clone());
+        }
+        if !have_modules {
+            names.extend(
+                p.modules
+                    .iter()
+                    .filter(|m| !names.contains(m))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        eprintln!(
+            "vm-test: {}: downloading {}",
+            suite.name(),
+            names.join(", ")
+        );
+        let mut debs = Vec::new();
+        let r = (|| {
+            for n in &names {
+                debs.push((n, apt.download(n)?));
+            }
+            let deb = |name: &String| debs.iter().find(|d| d.0 == name).map(|d| d.1.clone());
+            if !have_image {
+                let d = deb(&p.image).context("the image package was not downloaded")?;
+                extract(&d, &p.member, &vmlinuz)?;
+            }
+            if !have_modules {
+                let d: Vec<PathBuf> = p.modules.iter().filter_map(deb).collect();
+                crate::sysvm::kernel_modules(&d, &release, &dir)?;
+            }
+            anyhow::Ok(())
+        })();
+        for (_, d) in &debs {
+            let _ = fs::remove_file(d);
+        }
+        r?;
+        // Older kernels of this suite are of no further use.
+        let keep = [&vmlinuz, &archive];
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p != vmlinuz
-                && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-            {
-                let _ = fs::remove_file(p);
+            let path = e.path();
+            let old = path.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("vmlinuz-") || n.starts_with(crate::sysvm::MODULES_ARCHIVE_PREFIX)
+            });
+            if old && !keep.contains(&&path) {
+                let _ = fs::remove_file(path);
             }
         }
     }
     Ok(Kernel {
         suite,
-        package,
+        package: p.image,
         version,
         release,
         vmlinuz,
+        modules: modules.then_some(archive),
         cached,
     })
 }
@@ -303,5 +392,54 @@ mod tests {
             vec!["dracut", "initramfs-tools", "linux-initramfs-tool", "kmod"]
         );
         assert!(parse_stanza("").is_empty());
+    }
+
+    #[test]
+    fn packages_before_and_from_7x() {
+        // Debian's Depends, as seen on 2026-11-24.
+        let p = packages("linux-image-6.1.0-50-cloud-amd64 (= 6.1.176-1)", |image| {
+            assert_eq!(image, "linux-image-6.1.0-50-cloud-amd64");
+            Ok(
+                "kmod, linux-base (>= 4.3~), initramfs-tools (>= 0.120+deb8u2) | \
+                    linux-initramfs-tool"
+                    .into(),
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            p,
+            Packages {
+                release: "6.1.0-50-cloud-amd64".into(),
+                image: "linux-image-6.1.0-50-cloud-amd64".into(),
+                member: "./boot/vmlinuz-6.1.0-50-cloud-amd64".into(),
+                modules: vec!["linux-image-6.1.0-50-cloud-amd64".into()],
+            }
+        );
+        let r = "7.2.13+deb14-cloud-amd64";
+        let p = packages(
+            &format!("linux-base-cloud-amd64 (= 7.2.13-1), linux-image-{r} (= 7.2.13-1)"),
+            |_| {
+                Ok(format!(
+                    "dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, \
+                     linux-base-{r} (= 7.2.13-1), linux-binary-{r} (= 7.2.13-1), \
+                     linux-modules-{r} (= 7.2.13-1)"
+                ))
+            },
+        )
+        .unwrap();
+        assert_eq!(p.release, r);
+        assert_eq!(p.image, format!("linux-binary-{r}"));
+        assert_eq!(p.member, format!("./usr/lib/modules/{r}/vmlinuz"));
+        assert_eq!(
+            p.modules,
+            vec![format!("linux-modules-{r}"), format!("linux-base-{r}")]
+        );
+        // A split image without its modules package is an error, not a silent half.
+        let e = packages(&format!("linux-image-{r}"), |_| {
+            Ok(format!("linux-binary-{r}, linux-base-{r}"))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("linux-modules-"), "{e}");
+        assert!(packages("linux-base", |_| Ok(String::new())).is_err());
     }
 }

@@ -1,11 +1,18 @@
-//! `cargo xtask vm-test`: proves ctx on real nohz_full kernels (issue 3).
+//! `cargo xtask vm-test`: proves ctx on real nohz_full kernels, in two suites per kernel.
 //!
-//! For each Debian suite: resolve and fetch its current cloud kernel (kernel.rs), build static
-//! musl binaries of ctx and of the guest (artifacts.rs), write an initramfs (initramfs.rs), boot
-//! it under qemu TCG with nohz_full=1-3 and read the serial console (qemu.rs). The guest
-//! (xtask/guest) runs the scenarios and prints one check line per requirement and one verdict
-//! line; this side fails the kernel on trouble in the kernel log, a timeout, a missing or
-//! duplicate verdict, or any failed check, which it evaluates again from the measured value.
+//! For each Debian suite: resolve and fetch its current cloud kernel, and for the systemd suite
+//! its virtio-net modules (kernel.rs); build static musl binaries of ctx and of both guests
+//! (artifacts.rs); then boot each kernel under qemu TCG with nohz_full=1-3 and read the serial
+//! console (qemu.rs):
+//! - **initramfs** (issue 3): a busybox initramfs (initramfs.rs) whose guest (xtask/guest) runs
+//!   the scenarios and prints one check line per requirement and one verdict line; this side
+//!   evaluates every check again from the measured value.
+//! - **systemd** (issue 6, systemd.rs): the cached Debian rootfs with systemd as PID 1 and ctx
+//!   installed as a user installs it; its guest (xtask/sysvm-guest) checks the unit under
+//!   systemd, and the host scrapes ctx through a port forward while the guest holds it live.
+//!
+//! Either suite fails the kernel on trouble in the kernel log (panic, RCU stall, oops, ...), a
+//! timeout, a missing or duplicate verdict, or any failed check.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,8 +26,11 @@ mod artifacts;
 mod initramfs;
 mod kernel;
 mod qemu;
+mod systemd;
 
 use kernel::{Kernel, Suite};
+
+use crate::sysvm;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Which {
@@ -41,15 +51,41 @@ impl Which {
     }
 }
 
+/// Which test suites boot on each kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Tests {
+    /// The scenarios, from a busybox initramfs.
+    Initramfs,
+    /// ctx as a systemd service, in a Debian rootfs with systemd as PID 1.
+    Systemd,
+    All,
+}
+
+impl Tests {
+    fn initramfs(self) -> bool {
+        matches!(self, Self::Initramfs | Self::All)
+    }
+
+    fn systemd(self) -> bool {
+        matches!(self, Self::Systemd | Self::All)
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Options {
     /// Debian suite whose current cloud kernel to boot: bookworm (6.1), trixie (6.12), sid (7.x).
     #[arg(long, value_enum, default_value_t = Which::All)]
     kernel: Which,
+    /// Which tests to run on each kernel: the initramfs scenarios, the systemd run, or both.
+    /// The systemd run checks ctx from the host with Prometheus, the rules and the dashboard
+    /// on the first kernel, and with one scrape on the others.
+    #[arg(long, value_enum, default_value_t = Tests::All)]
+    suite: Tests,
     /// Keep the work directory (initramfs, console logs) even when everything passed.
     #[arg(long)]
     keep: bool,
-    /// Seconds one kernel may take from power-on to its verdict before qemu is killed.
+    /// Seconds one boot (of either suite) may take from power-on to its verdict before qemu is
+    /// killed.
     #[arg(long, default_value_t = 420)]
     timeout: u64,
     /// Busybox to put in the initramfs; must be statically linked.
@@ -72,16 +108,30 @@ fn minutes(d: Duration) -> String {
     }
 }
 
+/// Where the VM tests keep kernels, the rootfs and their work directory: `TARGET/vm`.
+pub fn cache_dir(root: &Path) -> anyhow::Result<PathBuf> {
+    Ok(artifacts::target_dir(root)?.join("vm"))
+}
+
+/// One boot's result, for the summary.
+struct Ran {
+    kernel: Suite,
+    tests: &'static str,
+    pass: bool,
+    elapsed: Duration,
+}
+
 pub fn run(o: &Options) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let root = workspace_root();
-    let vm = artifacts::target_dir(&root)?.join("vm");
+    let vm = cache_dir(&root)?;
     let cache = vm.join("kernels");
     let work = vm.join("run");
+    let (with_initramfs, with_systemd) = (o.suite.initramfs(), o.suite.systemd());
 
     let mut kernels = Vec::new();
     for s in o.kernel.suites() {
-        let k = kernel::fetch(s, &cache)
+        let k = kernel::fetch(s, &cache, with_systemd)
             .with_context(|| format!("getting the {} cloud kernel", s.name()))?;
         eprintln!(
             "vm-test: {}: {} ({} {}){}",
@@ -99,57 +149,112 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         "vm-test: building static ctx and guest binaries ({})",
         artifacts::MUSL
     );
+    let t = Instant::now();
     let bins = artifacts::build(&root)?;
     if work.exists() {
         std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
     }
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let initrd = work.join("initramfs.cpio");
-    initramfs::write(&initrd, &bins, &o.busybox)?;
-    let t_build = t0.elapsed() - t_fetch;
+    if with_initramfs {
+        initramfs::write(&initrd, &bins, &o.busybox)?;
+    }
+    let t_build = t.elapsed();
+    let t = Instant::now();
+    let image = if with_systemd {
+        let i = systemd::image(&vm, &root, &work, &bins.systemd())?;
+        eprintln!(
+            "vm-test: systemd image: rootfs {} ({:.0} MiB, {}), overlay {}",
+            i.rootfs.cpio.display(),
+            i.rootfs.bytes as f64 / f64::from(1 << 20),
+            i.rootfs
+                .built_in
+                .map_or("cached".into(), |d| format!("built in {}", minutes(d))),
+            i.overlay.display()
+        );
+        Some(i)
+    } else {
+        None
+    };
+    let t_rootfs = t.elapsed();
 
     let mut results = Vec::new();
-    for k in &kernels {
-        let log = work.join(format!("{}-console.log", k.suite.name()));
-        eprintln!(
-            "vm-test: {}: booting {} with {}",
-            k.suite.name(),
-            k.release,
-            qemu::CMDLINE
-        );
+    for (i, k) in kernels.iter().enumerate() {
         let name = k.suite.name();
-        let outcome = qemu::boot(
-            &k.vmlinuz,
-            &initrd,
-            &log,
-            Duration::from_secs(o.timeout),
-            &|p| eprintln!("  {name:<8} | {p}"),
-        )?;
-        let failures = evaluate(k, &outcome);
-        print!("{}", table(k, &outcome, &failures));
-        if !failures.is_empty() {
-            print!("{}", tail(&log, 40));
+        let progress = |p: &str| eprintln!("  {name:<8} | {p}");
+        if with_initramfs {
+            eprintln!(
+                "vm-test: {name}: initramfs: booting {} with {}",
+                k.release,
+                qemu::CMDLINE
+            );
+            let log = work.join(format!("{name}-console.log"));
+            let outcome = qemu::boot(
+                &k.vmlinuz,
+                &initrd,
+                &log,
+                Duration::from_secs(o.timeout),
+                &progress,
+            )?;
+            let failures = evaluate(k, &outcome);
+            print!("{}", table(k, &outcome, &failures));
+            if !failures.is_empty() {
+                print!("{}", tail(&log, 40));
+            }
+            results.push(Ran {
+                kernel: k.suite,
+                tests: "initramfs",
+                pass: failures.is_empty(),
+                elapsed: outcome.elapsed,
+            });
         }
-        results.push((k.suite, failures.is_empty(), outcome.elapsed, log));
+        if let Some(image) = &image {
+            // The Prometheus, rules and dashboard check needs one kernel: the first.
+            let prometheus = i == 0;
+            eprintln!(
+                "vm-test: {name}: systemd: booting {} with {}",
+                k.release,
+                sysvm::CMDLINE
+            );
+            let outcome = systemd::boot(
+                &root,
+                &work,
+                k,
+                image,
+                prometheus,
+                Duration::from_secs(o.timeout),
+                &progress,
+            )?;
+            let failures = systemd::evaluate(k, &outcome);
+            print!("{}", systemd::table(k, &outcome, &failures));
+            let log = work.join(format!("{name}-systemd-console.log"));
+            if failures.is_empty() {
+                // ~95 MiB each, and its parts stay cached.
+                let _ = std::fs::remove_file(work.join(format!("{name}-systemd-initrd.img")));
+            } else {
+                print!("{}", tail(&log, 40));
+            }
+            results.push(Ran {
+                kernel: k.suite,
+                tests: "systemd",
+                pass: failures.is_empty(),
+                elapsed: outcome.elapsed,
+            });
+        }
     }
 
-    let all_pass = results.iter().all(|r| r.1);
+    let all_pass = results.iter().all(|r| r.pass);
     println!(
-        "vm-test: {} in {} (kernels {}, build {}, boots {}): {}",
-        if all_pass { "PASS" } else { "FAIL" },
-        minutes(t0.elapsed()),
-        minutes(t_fetch),
-        minutes(t_build),
-        results
-            .iter()
-            .map(|r| minutes(r.2))
-            .collect::<Vec<_>>()
-            .join(" + "),
-        results
-            .iter()
-            .map(|r| format!("{} {}", r.0.name(), if r.1 { "pass" } else { "FAIL" }))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "{}",
+        summary(
+            t0.elapsed(),
+            t_fetch,
+            t_build,
+            image
+                .as_ref()
+                .map(|i| (t_rootfs, i.rootfs.built_in.is_none())),
+            &results
+        )
     );
     if all_pass && !o.keep {
         let _ = std::fs::remove_dir_all(&work);
@@ -160,16 +265,71 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         );
     }
     if !all_pass {
-        bail!("vm-test failed on {}", {
+        bail!(
+            "vm-test failed: {}",
             results
                 .iter()
-                .filter(|r| !r.1)
-                .map(|r| r.0.name())
+                .filter(|r| !r.pass)
+                .map(|r| format!("{} {}", r.kernel.name(), r.tests))
                 .collect::<Vec<_>>()
                 .join(", ")
-        });
+        );
     }
     Ok(())
+}
+
+/// The final line: the verdict, the total time and its parts, and each kernel's suites.
+fn summary(
+    total: Duration,
+    fetch: Duration,
+    build: Duration,
+    rootfs: Option<(Duration, bool)>,
+    results: &[Ran],
+) -> String {
+    let mut kernels: Vec<Suite> = Vec::new();
+    for r in results {
+        if !kernels.contains(&r.kernel) {
+            kernels.push(r.kernel);
+        }
+    }
+    let per_kernel = kernels
+        .iter()
+        .map(|k| {
+            let runs = results
+                .iter()
+                .filter(|r| r.kernel == *k)
+                .map(|r| {
+                    format!(
+                        "{} {} {}",
+                        r.tests,
+                        if r.pass { "pass" } else { "FAIL" },
+                        minutes(r.elapsed)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{} ({runs})", k.name())
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let boots: Duration = results.iter().map(|r| r.elapsed).sum();
+    format!(
+        "vm-test: {} in {} (kernels {}, build {}{}, boots {}): {per_kernel}",
+        if results.iter().all(|r| r.pass) {
+            "PASS"
+        } else {
+            "FAIL"
+        },
+        minutes(total),
+        minutes(fetch),
+        minutes(build),
+        rootfs.map_or(String::new(), |(d, cached)| format!(
+            ", rootfs{} {}",
+            if cached { " (cached)" } else { "" },
+            minutes(d)
+        )),
+        minutes(boots)
+    )
 }
 
 /// Everything that fails this kernel's run. Empty means pass.
@@ -218,11 +378,60 @@ fn evaluate(k: &Kernel, o: &qemu::Outcome) -> Vec<String> {
     f
 }
 
+/// A table with a header, columns padded to their widest cell, the last column unpadded, and
+/// every line indented by two spaces.
+fn grid(head: &[&str], rows: &[Vec<String>]) -> String {
+    grid_with_notes(head, rows, &[])
+}
+
+/// [`grid`], with a note line under some rows (indented under the second column).
+fn grid_with_notes(head: &[&str], rows: &[Vec<String>], notes: &[Option<String>]) -> String {
+    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(x) = w.get_mut(i) {
+                *x = (*x).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::from(" ");
+        for (i, c) in cells.iter().enumerate() {
+            let pad = w
+                .get(i)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(c.chars().count());
+            s.push(' ');
+            s.push_str(c);
+            if i + 1 < cells.len() {
+                s.push_str(&" ".repeat(pad + 1));
+            }
+        }
+        s
+    };
+    let mut out = String::new();
+    let head: Vec<String> = head.iter().map(|h| (*h).to_owned()).collect();
+    let _ = writeln!(out, "{}", line(&head));
+    for (i, r) in rows.iter().enumerate() {
+        let _ = writeln!(out, "{}", line(r));
+        if let Some(Some(n)) = notes.get(i) {
+            let _ = writeln!(
+                out,
+                "{:width$}    {n}",
+                "",
+                width = w.first().copied().unwrap_or(0) + 2
+            );
+        }
+    }
+    out
+}
+
 fn table(k: &Kernel, o: &qemu::Outcome, failures: &[String]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n== {}: kernel {} (Debian {} {}): {} in {} ==",
+        "\n== {} initramfs: kernel {} (Debian {} {}): {} in {} ==",
         k.suite.name(),
         o.release.as_deref().unwrap_or("?"),
         k.package,
@@ -230,11 +439,11 @@ fn table(k: &Kernel, o: &qemu::Outcome, failures: &[String]) -> String {
         if failures.is_empty() { "PASS" } else { "FAIL" },
         minutes(o.elapsed)
     );
-    let rows: Vec<[String; 5]> = o
+    let rows: Vec<Vec<String>> = o
         .checks
         .iter()
         .map(|c: &Check| {
-            [
+            vec![
                 format!("{} {}", c.scenario, scenario_name(c.scenario)),
                 c.name.clone(),
                 c.measured.to_string(),
@@ -247,32 +456,12 @@ fn table(k: &Kernel, o: &qemu::Outcome, failures: &[String]) -> String {
             ]
         })
         .collect();
-    let head = ["scenario", "check", "measured", "required", ""];
-    let mut w = head.map(|h| h.chars().count());
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String; 5]| {
-        let mut s = String::from(" ");
-        for (i, c) in cells.iter().enumerate() {
-            let pad = w[i].saturating_sub(c.chars().count());
-            s.push(' ');
-            s.push_str(c);
-            if i + 1 < cells.len() {
-                s.push_str(&" ".repeat(pad + 1));
-            }
-        }
-        s
-    };
-    let _ = writeln!(out, "{}", line(&head.map(str::to_owned)));
-    for (r, c) in rows.iter().zip(&o.checks) {
-        let _ = writeln!(out, "{}", line(r));
-        if let Some(n) = &c.note {
-            let _ = writeln!(out, "{:width$}    {n}", "", width = w[0] + 2);
-        }
-    }
+    let notes: Vec<Option<String>> = o.checks.iter().map(|c| c.note.clone()).collect();
+    out.push_str(&grid_with_notes(
+        &["scenario", "check", "measured", "required", ""],
+        &rows,
+        &notes,
+    ));
     for f in failures {
         let _ = writeln!(out, "  failure: {f}");
     }
@@ -287,4 +476,57 @@ fn tail(log: &Path, n: usize) -> String {
         let _ = writeln!(out, "  | {l}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_lists_both_suites_per_kernel() {
+        let s = Duration::from_secs;
+        let ran = |kernel, tests, pass, secs| Ran {
+            kernel,
+            tests,
+            pass,
+            elapsed: s(secs),
+        };
+        let r = [
+            ran(Suite::Bookworm, "initramfs", true, 41),
+            ran(Suite::Bookworm, "systemd", true, 76),
+            ran(Suite::Sid, "initramfs", true, 48),
+            ran(Suite::Sid, "systemd", false, 45),
+        ];
+        assert_eq!(
+            summary(s(300), s(20), s(2), Some((s(42), false)), &r),
+            "vm-test: FAIL in 5m00s (kernels 20.0 s, build 2.0 s, rootfs 42.0 s, boots 3m30s): \
+             bookworm (initramfs pass 41.0 s, systemd pass 1m16s); sid (initramfs pass 48.0 s, \
+             systemd FAIL 45.0 s)"
+        );
+        assert!(
+            summary(s(90), s(1), s(1), Some((s(0), true)), &r[..2]).starts_with(
+                "vm-test: PASS in 1m30s (kernels 1.0 s, build 1.0 s, rootfs (cached) 0.0 s,"
+            )
+        );
+        assert!(!summary(s(90), s(1), s(1), None, &r[..1]).contains("rootfs"));
+    }
+
+    #[test]
+    fn grid_pads_all_but_the_last_column() {
+        let rows = vec![
+            vec!["a".to_owned(), "ok".to_owned(), "x".to_owned()],
+            vec!["long name".to_owned(), "FAIL".to_owned(), "y".to_owned()],
+        ];
+        assert_eq!(
+            grid_with_notes(
+                &["check", "", "measured"],
+                &rows,
+                &[None, Some("why".into())]
+            ),
+            "  check            measured\n\
+             \x20 a          ok    x\n\
+             \x20 long name  FAIL  y\n\
+             \x20              why\n"
+        );
+    }
 }

@@ -77,15 +77,26 @@ pub fn trouble(line: &str) -> Option<Trouble> {
     None
 }
 
-/// What one boot produced.
+/// What the console handler made of one line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Not the guest's (kernel, systemd, firmware): the runner looks for kernel trouble in it.
+    Other,
+    /// One of the guest's lines.
+    Guest,
+    /// The guest's verdict: from now on qemu has [`POWER_OFF_GRACE`] to exit.
+    Verdict,
+}
+
+/// What the runner itself saw of one boot; the guest's lines are the handler's.
 #[derive(Debug, Default)]
-pub struct Outcome {
-    pub release: Option<String>,
-    pub checks: Vec<Check>,
-    pub verdicts: Vec<Verdict>,
-    /// Kernel trouble, timeouts, malformed guest lines: each fails the run.
+pub struct Run {
+    /// Kernel trouble, a timeout, qemu failing: each fails the run.
     pub problems: Vec<String>,
+    /// Power-on to qemu's exit.
     pub elapsed: Duration,
+    /// Power-on to the first verdict.
+    pub to_verdict: Option<Duration>,
 }
 
 enum Event {
@@ -117,35 +128,25 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Boots `vmlinuz` with `initrd`, writes the console to `log`, and returns what was seen.
-/// `progress` gets the guest's progress lines and the kernel's trouble as they come.
-pub fn boot(
-    vmlinuz: &Path,
-    initrd: &Path,
+/// The part of a console line from the guest's `prefix` on: firmware escape sequences (or a
+/// kernel message that the UART interleaved) can precede a guest line.
+pub fn from_prefix<'a>(line: &'a str, prefix: &str) -> &'a str {
+    line.find(prefix).map_or(line, |i| &line[i..])
+}
+
+/// Runs qemu (`cmd`, which must not have stdout or stderr set), writes its console to `log`,
+/// hands every console line to `on_line`, and fails the run on kernel trouble in the lines that
+/// are not the guest's: fatal trouble (panic, RCU stall, lockup) kills qemu at once. qemu is
+/// also killed when `timeout` passes without a verdict, or when it does not power off within
+/// [`POWER_OFF_GRACE`] of the verdict. `progress` gets the trouble as it comes.
+pub fn run(
+    cmd: &mut Command,
     log: &Path,
     timeout: Duration,
+    on_line: &mut dyn FnMut(&str) -> Seen,
     progress: &dyn Fn(&str),
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<Run> {
     let mut log = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel",
-        // Multi-threaded TCG hangs on the int3 of text patching (TOOLCHAIN.md).
-        "tcg,thread=single",
-        "-cpu",
-        "max",
-        "-smp",
-        "4",
-        "-m",
-        "1024",
-        "-nographic",
-        "-no-reboot",
-    ])
-    .arg("-kernel")
-    .arg(vmlinuz)
-    .arg("-initrd")
-    .arg(initrd)
-    .args(["-append", CMDLINE]);
     writeln!(log, "# {cmd:?}").context("writing the console log")?;
     let start = Instant::now();
     let mut child = cmd
@@ -164,7 +165,7 @@ pub fn boot(
     });
     let t_err = std::thread::spawn(move || pump(err, tx, Event::Err));
 
-    let mut o = Outcome::default();
+    let mut r = Run::default();
     let deadline = start + timeout;
     let mut verdict_at: Option<Instant> = None;
     loop {
@@ -172,7 +173,7 @@ pub fn boot(
         let ev = match rx.recv_timeout(limit.saturating_duration_since(Instant::now())) {
             Ok(ev) => ev,
             Err(RecvTimeoutError::Timeout) => {
-                o.problems.push(if verdict_at.is_some() {
+                r.problems.push(if verdict_at.is_some() {
                     format!(
                         "the guest did not power off within {}s of its verdict; killed qemu",
                         POWER_OFF_GRACE.as_secs()
@@ -197,34 +198,22 @@ pub fn boot(
             Event::Out(l) => l,
         };
         writeln!(log, "{line}").context("writing the console log")?;
-        // Firmware escape sequences can precede the guest's first line.
-        let guest = line.find(PREFIX).map_or(line.as_str(), |i| &line[i..]);
-        match Line::parse(guest) {
-            Some(Ok(Line::Kernel(r))) => o.release = Some(r),
-            Some(Ok(Line::Kmsg(_, text))) => match trouble(&text) {
-                Some(Trouble::Fatal(what) | Trouble::Failure(what)) => {
-                    progress(&format!("kernel log: {text}"));
-                    o.problems.push(format!("{what}: {}", text.trim()));
-                }
-                None => {}
-            },
-            Some(Ok(Line::Check(c))) => o.checks.push(c),
-            Some(Ok(Line::Verdict(v))) => {
-                o.verdicts.push(v);
-                verdict_at.get_or_insert_with(Instant::now);
+        match on_line(&line) {
+            Seen::Guest => {}
+            Seen::Verdict => {
+                let now = verdict_at.get_or_insert_with(Instant::now);
+                r.to_verdict.get_or_insert(now.duration_since(start));
             }
-            Some(Ok(Line::Progress(p))) => progress(&p),
-            Some(Err(e)) => o.problems.push(e.to_string()),
-            None => match trouble(&line) {
+            Seen::Other => match trouble(&line) {
                 Some(Trouble::Fatal(what)) => {
                     progress(&format!("kernel: {line}"));
-                    o.problems.push(format!("{what}: {}", line.trim()));
+                    r.problems.push(format!("{what}: {}", line.trim()));
                     stop(&mut child);
                     break;
                 }
                 Some(Trouble::Failure(what)) => {
                     progress(&format!("kernel: {line}"));
-                    o.problems.push(format!("{what}: {}", line.trim()));
+                    r.problems.push(format!("{what}: {}", line.trim()));
                 }
                 None => {}
             },
@@ -233,10 +222,89 @@ pub fn boot(
     let status = child.wait().context("waiting for qemu")?;
     let _ = t_out.join();
     let _ = t_err.join();
-    if !status.success() && o.problems.is_empty() {
-        o.problems.push(format!("qemu exited with {status}"));
+    if !status.success() && r.problems.is_empty() {
+        r.problems.push(format!("qemu exited with {status}"));
     }
-    o.elapsed = start.elapsed();
+    r.elapsed = start.elapsed();
+    Ok(r)
+}
+
+/// What one boot of the initramfs guest produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub release: Option<String>,
+    pub checks: Vec<Check>,
+    pub verdicts: Vec<Verdict>,
+    /// Kernel trouble, timeouts, malformed guest lines: each fails the run.
+    pub problems: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// Takes in one console line of the initramfs guest. The guest forwards the kernel's
+    /// warnings and worse from /dev/kmsg (the console is `quiet`): trouble in them is recorded
+    /// here, and the guest goes on to its verdict.
+    fn feed(&mut self, line: &str, progress: &dyn Fn(&str)) -> Seen {
+        match Line::parse(from_prefix(line, PREFIX)) {
+            Some(Ok(Line::Kernel(r))) => self.release = Some(r),
+            Some(Ok(Line::Kmsg(_, text))) => {
+                if let Some(Trouble::Fatal(what) | Trouble::Failure(what)) = trouble(&text) {
+                    progress(&format!("kernel log: {text}"));
+                    self.problems.push(format!("{what}: {}", text.trim()));
+                }
+            }
+            Some(Ok(Line::Check(c))) => self.checks.push(c),
+            Some(Ok(Line::Verdict(v))) => {
+                self.verdicts.push(v);
+                return Seen::Verdict;
+            }
+            Some(Ok(Line::Progress(p))) => progress(&p),
+            Some(Err(e)) => self.problems.push(e.to_string()),
+            None => return Seen::Other,
+        }
+        Seen::Guest
+    }
+}
+
+/// Boots `vmlinuz` with the initramfs guest's `initrd`, writes the console to `log`, and
+/// returns what was seen. `progress` gets the guest's progress lines and the kernel's trouble
+/// as they come.
+pub fn boot(
+    vmlinuz: &Path,
+    initrd: &Path,
+    log: &Path,
+    timeout: Duration,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<Outcome> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        // Multi-threaded TCG hangs on the int3 of text patching (TOOLCHAIN.md).
+        "tcg,thread=single",
+        "-cpu",
+        "max",
+        "-smp",
+        "4",
+        "-m",
+        "1024",
+        "-nographic",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(vmlinuz)
+    .arg("-initrd")
+    .arg(initrd)
+    .args(["-append", CMDLINE]);
+    let mut o = Outcome::default();
+    let r = run(
+        &mut cmd,
+        log,
+        timeout,
+        &mut |line| o.feed(line, progress),
+        progress,
+    )?;
+    o.problems.extend(r.problems);
+    o.elapsed = r.elapsed;
     Ok(o)
 }
 
@@ -285,5 +353,117 @@ mod tests {
         ] {
             assert_eq!(f(ok), None, "{ok}");
         }
+    }
+
+    /// A stand-in for qemu: a shell script printing console lines.
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    fn run_sh(script: &str, timeout: Duration) -> (Run, Vec<String>) {
+        let log = std::env::temp_dir().join(format!(
+            "xtask-qemu-run-{}-{:x}.log",
+            std::process::id(),
+            crate::rootfs::fnv1a(script)
+        ));
+        let mut seen = Vec::new();
+        let r = run(
+            &mut sh(script),
+            &log,
+            timeout,
+            &mut |l| {
+                seen.push(l.to_owned());
+                match l {
+                    "verdict" => Seen::Verdict,
+                    l if l.starts_with("guest") => Seen::Guest,
+                    _ => Seen::Other,
+                }
+            },
+            &|_| {},
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.starts_with("# "), "{text}");
+        std::fs::remove_file(&log).unwrap();
+        (r, seen)
+    }
+
+    #[test]
+    fn runner_kills_on_fatal_trouble_and_times_out() {
+        // A panic kills the emulator at once: `exec` so that the kill reaches the sleeper.
+        let t = Instant::now();
+        let (r, seen) = run_sh(
+            "echo '[    9.8] Kernel panic - not syncing: x'; exec sleep 30",
+            Duration::from_secs(20),
+        );
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(r.problems[0].starts_with("kernel panic: "));
+        assert_eq!(seen.len(), 1);
+        // No verdict in time.
+        let (r, _) = run_sh("exec sleep 30", Duration::from_secs(1));
+        assert_eq!(
+            r.problems,
+            vec!["timeout: no verdict within 1s; killed qemu".to_owned()]
+        );
+        assert!(r.elapsed < Duration::from_secs(10));
+        assert_eq!(r.to_verdict, None);
+    }
+
+    #[test]
+    fn runner_records_failures_verdicts_and_exit() {
+        // A warning is recorded and the guest goes on; the guest's own lines are not
+        // classified, whatever they say.
+        let (r, seen) = run_sh(
+            "echo '[ 2.0] WARNING: CPU: 1 PID: 7 at kernel/x.c:1 f'; \
+             echo 'guest WARNING: Kernel panic - not syncing'; echo verdict",
+            Duration::from_secs(20),
+        );
+        assert_eq!(seen.len(), 3);
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(r.problems[0].starts_with("WARNING: "));
+        assert!(r.to_verdict.is_some());
+        // A clean verdict and exit.
+        let (r, _) = run_sh("echo verdict", Duration::from_secs(20));
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        // qemu failing without any other trouble is a failure of its own.
+        let (r, _) = run_sh("echo verdict; exit 3", Duration::from_secs(20));
+        assert_eq!(r.problems.len(), 1);
+        assert!(
+            r.problems[0].starts_with("qemu exited with"),
+            "{:?}",
+            r.problems
+        );
+    }
+
+    #[test]
+    fn initramfs_console_lines() {
+        let mut o = Outcome::default();
+        let p = |_: &str| {};
+        // Firmware escape sequences before the guest's first line.
+        assert_eq!(
+            o.feed(
+                &format!("\x1b[2J\x1b[01;01H{PREFIX}kernel 6.1.0-50-cloud-amd64"),
+                &p
+            ),
+            Seen::Guest
+        );
+        assert_eq!(o.release.as_deref(), Some("6.1.0-50-cloud-amd64"));
+        assert_eq!(o.feed("[    0.5] some kernel line", &p), Seen::Other);
+        // The kernel's warnings, forwarded from /dev/kmsg, are trouble; the guest goes on.
+        assert_eq!(
+            o.feed(
+                &format!("{PREFIX}kmsg 4 WARNING: CPU: 0 PID: 42 at kernel/sched/core.c:5611 x"),
+                &p
+            ),
+            Seen::Guest
+        );
+        assert_eq!(o.problems.len(), 1, "{:?}", o.problems);
+        assert_eq!(o.feed(&format!("{PREFIX}verdict pass"), &p), Seen::Verdict);
+        assert_eq!(o.verdicts, vec![Verdict::Pass]);
+        assert_eq!(from_prefix("abc", "x: "), "abc");
+        assert_eq!(from_prefix("zzx: abc", "x: "), "x: abc");
     }
 }
