@@ -383,6 +383,21 @@ fn main() -> anyhow::Result<()> {
             sys.nohz_full().to_string()
         }
     )?;
+    // Both explain the cost of the clock and of any program call: a helper call goes through
+    // a retpoline when spectre_v2 is mitigated that way, and the clocksource sets the read cost.
+    let read = |p: &str| {
+        std::fs::read_to_string(p).map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string())
+    };
+    writeln!(
+        out,
+        "- clocksource: {}",
+        read("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+    )?;
+    writeln!(
+        out,
+        "- spectre_v2: {}",
+        read("/sys/devices/system/cpu/vulnerabilities/spectre_v2")
+    )?;
     match arg("--out") {
         Some(p) => std::fs::write(&p, &out).with_context(|| format!("writing {p}"))?,
         None => print!("{out}"),
