@@ -916,6 +916,74 @@ fn counters(v: &CpuView) -> Vec<(String, u64)> {
 
 /// Scenario 7: CPU 3 goes offline and comes back while ctx-daemon, ctxtop and a sampling thread
 /// of this process all read ctx.
+/// Scenario 7 through /metrics: CPU 3's series vanish while it is offline (no stale values)
+/// and come back with every counter at least where it was.
+fn scraped_hotplug(
+    before: anyhow::Result<metrics::Scrape>,
+    offline: anyhow::Result<metrics::Scrape>,
+    after: anyhow::Result<metrics::Scrape>,
+) -> Vec<Check> {
+    let (before, offline, after) = match (before, offline, after) {
+        (Ok(b), Ok(o), Ok(a)) => (b, o, a),
+        (b, o, a) => {
+            let e = [b.err(), o.err(), a.err()]
+                .into_iter()
+                .flatten()
+                .map(|e| format!("{e:#}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return vec![Check::new(
+                7,
+                "/metrics scraped across hotplug",
+                Measured::error(e),
+                equals("3 scrapes"),
+            )];
+        }
+    };
+    let label = format!("cpu=\"{HOTPLUG_CPU}\"");
+    let series = |m: &metrics::Scrape| {
+        m.0.iter()
+            .filter(|(k, _)| k.contains(&label))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect::<Vec<_>>()
+    };
+    let (b, o, a) = (series(&before), series(&offline), series(&after));
+    let mut decreased = Vec::new();
+    let mut compared = 0;
+    for (k, v) in b.iter().filter(|(k, _)| k.contains("_total{")) {
+        if let Some((_, w)) = a.iter().find(|(k2, _)| k2 == k) {
+            compared += 1;
+            if w < v {
+                decreased.push(format!("{k} {v} -> {w}"));
+            }
+        }
+    }
+    vec![
+        Check::new(
+            7,
+            "/metrics: CPU 3 series while it is offline",
+            Measured::count(o.len() as u64, "series"),
+            exactly(0, "none: no stale values"),
+        )
+        .note(format!("{} series before offlining", b.len())),
+        Check::new(
+            7,
+            "/metrics: CPU 3 series after onlining",
+            Measured::count(a.len() as u64, "series"),
+            exactly(b.len() as u64, "as many as before"),
+        ),
+        Check::new(
+            7,
+            "/metrics: CPU 3 counters that went down",
+            Measured::count(decreased.len() as u64, ""),
+            exactly(0, "none"),
+        )
+        .note(decreased.first().cloned().unwrap_or_else(|| {
+            format!("{compared} counters compared, before offlining and after onlining")
+        })),
+    ]
+}
+
 pub fn hotplug(daemon: &mut Proc) -> anyhow::Result<Vec<Check>> {
     const INTERVALS: u64 = 7;
     let online = format!("/sys/devices/system/cpu/cpu{HOTPLUG_CPU}/online");
@@ -926,10 +994,13 @@ pub fn hotplug(daemon: &mut Proc) -> anyhow::Result<Vec<Check>> {
     )?;
     let monitor = Monitor::start(HOTPLUG_CPU, Duration::from_millis(10))?;
     sleep_ms(1000);
+    let m_before = metrics::scrape();
     let t = Instant::now();
     sys::write(&online, "0")?;
     let down = t.elapsed();
-    sleep_ms(1000);
+    sleep_ms(500);
+    let m_offline = metrics::scrape();
+    sleep_ms(500);
     let t = Instant::now();
     sys::write(&online, "1")?;
     let up = t.elapsed();
@@ -942,6 +1013,7 @@ pub fn hotplug(daemon: &mut Proc) -> anyhow::Result<Vec<Check>> {
     )?;
     let n_sys = w.expect("done", Duration::from_secs(60))?;
     sleep_ms(300);
+    let m_after = metrics::scrape();
     let seen = monitor.finish();
     let lines: anyhow::Result<Vec<Report>> = top.finish(Duration::from_secs(60));
     say!(
@@ -988,6 +1060,7 @@ pub fn hotplug(daemon: &mut Proc) -> anyhow::Result<Vec<Check>> {
             exactly(INTERVALS, "--count"),
         )),
     }
+    checks.extend(scraped_hotplug(m_before, m_offline, m_after));
     let seen = match seen {
         Ok(s) => s,
         Err(e) => {
