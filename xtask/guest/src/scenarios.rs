@@ -67,6 +67,22 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+/// One 3-second ctxtop interval at the daemon's 10 ms sampling, as the scenarios read it.
+fn ctxtop_3s(name: &str) -> anyhow::Result<Vec<Report>> {
+    procs::ctxtop(
+        name,
+        &[
+            "--interval",
+            "3s",
+            "--sample-interval",
+            "10ms",
+            "--count",
+            "1",
+        ],
+        Duration::from_secs(90),
+    )
+}
+
 fn view(s: &ctx::model::Sample, cpu: u32) -> anyhow::Result<&CpuView> {
     s.cpu(cpu)
         .with_context(|| format!("ctx's sample has no CPU {cpu}"))
@@ -366,18 +382,7 @@ pub fn user_idle_housekeeping() -> anyhow::Result<Vec<Check>> {
     let m0 = metrics::scrape();
     let t0 = CpuTimes::read(0)?;
     let i0 = Interrupts::read()?;
-    let reports: Vec<Report> = procs::ctxtop(
-        "ctxtop-user",
-        &[
-            "--interval",
-            "3s",
-            "--sample-interval",
-            "10ms",
-            "--count",
-            "1",
-        ],
-        Duration::from_secs(90),
-    )?;
+    let reports = ctxtop_3s("ctxtop-user")?;
     let t1 = CpuTimes::read(0)?;
     let i1 = Interrupts::read()?;
     let m1 = metrics::scrape();
@@ -497,18 +502,7 @@ pub fn kernel_bound(load: &mut Load) -> anyhow::Result<Vec<Check>> {
     load.start_reader()?;
     sleep_ms(500);
     let t0 = CpuTimes::read(KERNEL_CPU)?;
-    let reports: Vec<Report> = procs::ctxtop(
-        "ctxtop-kernel",
-        &[
-            "--interval",
-            "3s",
-            "--sample-interval",
-            "10ms",
-            "--count",
-            "1",
-        ],
-        Duration::from_secs(90),
-    )?;
+    let reports = ctxtop_3s("ctxtop-kernel")?;
     let t1 = CpuTimes::read(KERNEL_CPU)?;
     let rep = reports.first().context("ctxtop printed nothing")?;
     rep.require_pinned()?;

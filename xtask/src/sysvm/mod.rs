@@ -319,21 +319,8 @@ pub fn qemu_command(vmlinuz: &Path, initrd: &Path, fwd: Forward, live: Option<u6
     if let Some(s) = live {
         cmdline.push_str(&format!(" {LIVE_PARAM}={s}"));
     }
-    let mut c = Command::new("qemu-system-x86_64");
-    c.args([
-        "-accel",
-        "tcg,thread=single",
-        "-cpu",
-        "max",
-        "-smp",
-        "4",
-        "-m",
-        "2048",
-        "-nographic",
-        "-no-reboot",
-        "-netdev",
-    ])
-    .arg(format!(
+    let mut c = crate::vm::qemu::machine(2048);
+    c.arg("-netdev").arg(format!(
         "user,id=n,hostfwd=tcp:127.0.0.1:{}-:{METRICS_PORT},hostfwd=tcp:127.0.0.1:{}-:{POKE_PORT}",
         fwd.metrics, fwd.poke
     ))

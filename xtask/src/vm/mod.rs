@@ -25,7 +25,7 @@ use ctx_vm_proto::{Check, Verdict, scenario_name};
 mod artifacts;
 mod initramfs;
 mod kernel;
-mod qemu;
+pub mod qemu;
 mod systemd;
 
 use kernel::{Kernel, Suite};

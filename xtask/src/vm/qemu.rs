@@ -266,6 +266,25 @@ impl Outcome {
     }
 }
 
+/// The VM every suite boots: 4 vCPUs under single-threaded TCG, serial console on stdio,
+/// `mem_mib` of memory, no reboot on panic.
+pub fn machine(mem_mib: u32) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args([
+        "-accel",
+        // Multi-threaded TCG hangs on the int3 of text patching (TOOLCHAIN.md).
+        "tcg,thread=single",
+        "-cpu",
+        "max",
+        "-smp",
+        "4",
+        "-nographic",
+        "-no-reboot",
+    ])
+    .args(["-m", &mem_mib.to_string()]);
+    c
+}
+
 /// Boots `vmlinuz` with the initramfs guest's `initrd`, writes the console to `log`, and
 /// returns what was seen. `progress` gets the guest's progress lines and the kernel's trouble
 /// as they come.
@@ -276,25 +295,12 @@ pub fn boot(
     timeout: Duration,
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<Outcome> {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel",
-        // Multi-threaded TCG hangs on the int3 of text patching (TOOLCHAIN.md).
-        "tcg,thread=single",
-        "-cpu",
-        "max",
-        "-smp",
-        "4",
-        "-m",
-        "1024",
-        "-nographic",
-        "-no-reboot",
-    ])
-    .arg("-kernel")
-    .arg(vmlinuz)
-    .arg("-initrd")
-    .arg(initrd)
-    .args(["-append", CMDLINE]);
+    let mut cmd = machine(1024);
+    cmd.arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", CMDLINE]);
     let mut o = Outcome::default();
     let r = run(
         &mut cmd,
