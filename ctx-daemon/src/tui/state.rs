@@ -9,7 +9,7 @@ use std::time::Duration;
 use ctx_common::{CpuState, Verdict};
 
 use crate::loader::Origin;
-use crate::model::{Sample, SourceLabel};
+use crate::model::{CpuView, Sample, SourceLabel};
 use crate::report;
 use crate::system::CpuSet;
 use crate::tui::keys::Action;
@@ -73,6 +73,25 @@ pub struct CpuRow {
     pub samples: [u64; 3],
     /// Kernel share of past intervals, oldest first; `None` for an interval without data.
     pub kernel_hist: VecDeque<Option<f64>>,
+}
+
+impl CpuRow {
+    /// The row as one sample shows it: facts and state, no interval figures yet.
+    fn at_sample(v: &CpuView) -> Self {
+        Self {
+            cpu: v.cpu,
+            online: v.online,
+            nohz_full: v.nohz_full,
+            isolated: v.isolated,
+            source: v.source,
+            state: v.state,
+            verdict: v.verdict,
+            pct: None,
+            rates: None,
+            samples: [0; 3],
+            kernel_hist: VecDeque::new(),
+        }
+    }
 }
 
 impl CpuRow {
@@ -230,23 +249,7 @@ impl State {
 
     /// Shows the CPUs and their state before the first interval completes.
     pub fn show_sample(&mut self, s: &Sample) {
-        self.rows = s
-            .cpus
-            .iter()
-            .map(|v| CpuRow {
-                cpu: v.cpu,
-                online: v.online,
-                nohz_full: v.nohz_full,
-                isolated: v.isolated,
-                source: v.source,
-                state: v.state,
-                verdict: v.verdict,
-                pct: None,
-                rates: None,
-                samples: [0; 3],
-                kernel_hist: VecDeque::new(),
-            })
-            .collect();
+        self.rows = s.cpus.iter().map(CpuRow::at_sample).collect();
         self.sweep_ns = s.sweep_ns;
     }
 
@@ -265,13 +268,6 @@ impl State {
             }
             hist.push_back(pct.map(|p| p[1]));
             rows.push(CpuRow {
-                cpu: v.cpu,
-                online: v.online,
-                nohz_full: v.nohz_full,
-                isolated: v.isolated,
-                source: v.source,
-                state: v.state,
-                verdict: v.verdict,
                 pct,
                 rates: v.online.then(|| Rates {
                     kernel_entries: iv.per_sec(iv.kernel_entries),
@@ -281,6 +277,7 @@ impl State {
                 }),
                 samples: iv.verdicts,
                 kernel_hist: hist,
+                ..CpuRow::at_sample(&v)
             });
         }
         self.rows = rows;
