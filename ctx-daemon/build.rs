@@ -1,6 +1,7 @@
 //! Builds the eBPF object (ctx-ebpf) for the bpfel target and leaves it in OUT_DIR/ctx.
 
-use std::{env, fs, path::PathBuf};
+use std::path::PathBuf;
+use std::{env, fs};
 
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};

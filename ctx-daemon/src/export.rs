@@ -389,11 +389,12 @@ pub fn catalogue() -> Vec<names::Def> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use ctx_common::CpuRecord;
+    use ctx_common::writer::{MainEvent, irq_arrived, main_event};
+
     use super::*;
     use crate::model::{Model, Topology};
     use crate::sample::{CpuRead, Snapshot};
-    use ctx_common::CpuRecord;
-    use ctx_common::writer::{MainEvent, irq_arrived, main_event};
 
     /// A fixed two-CPU sample: CPU 0 on syscalls, CPU 1 nohz_full in user with one IPI that
     /// arrived in user; CPU 2 offline.

@@ -5,9 +5,8 @@
 //! every CPU, isolated ones included. So a daemon pins its maps and links under a directory of
 //! bpffs, and a later daemon (or ctxtop) reuses them instead of attaching again.
 
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
+use std::{fs, io};
 
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};

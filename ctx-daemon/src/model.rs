@@ -324,10 +324,11 @@ impl CpuInterval {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::sample::{CpuRead, Snapshot};
     use ctx_common::CpuRecord;
     use ctx_common::writer::{MainEvent, main_event};
+
+    use super::*;
+    use crate::sample::{CpuRead, Snapshot};
 
     fn topo(online: &str) -> Topology {
         Topology {

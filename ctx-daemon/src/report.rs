@@ -320,11 +320,12 @@ pub fn table(r: &Report, tty: bool) -> String {
 
 #[cfg(test)]
 mod tests {
+    use ctx_common::CpuRecord;
+    use ctx_common::writer::{MainEvent, main_event};
+
     use super::*;
     use crate::model::{Model, Topology};
     use crate::sample::{CpuRead, Snapshot};
-    use ctx_common::CpuRecord;
-    use ctx_common::writer::{MainEvent, main_event};
 
     fn header() -> Header {
         Header {

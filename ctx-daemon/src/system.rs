@@ -2,11 +2,9 @@
 //! are served from kernel data without asking other CPUs.
 
 use std::collections::BTreeSet;
-use std::fmt;
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::{fmt, fs, io};
 
 use thiserror::Error;
 

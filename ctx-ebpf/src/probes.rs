@@ -1,20 +1,16 @@
 //! The programs (compiled for bpfel-unknown-none only).
 
-use aya_ebpf::{
-    bindings::task_struct,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_probe_read_kernel, bpf_task_pt_regs,
-    },
-    macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray},
-    programs::{BtfTracePointContext, RawTracePointContext},
+use aya_ebpf::bindings::task_struct;
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_probe_read_kernel, bpf_task_pt_regs,
 };
+use aya_ebpf::macros::{btf_tracepoint, map, raw_tracepoint};
+use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray};
+use aya_ebpf::programs::{BtfTracePointContext, RawTracePointContext};
 use aya_log_ebpf::info;
-use ctx_common::{
-    encoding::SeedState,
-    record::{Config, CpuRecord, IrqKind, Ledger, MAX_CPUS, Meta, Source},
-    writer::{MainEvent, irq_arrived, main_event_with, nmi_handler_ran},
-};
+use ctx_common::encoding::SeedState;
+use ctx_common::record::{Config, CpuRecord, IrqKind, Ledger, MAX_CPUS, Meta, Source};
+use ctx_common::writer::{MainEvent, irq_arrived, main_event_with, nmi_handler_ran};
 
 /// One record per CPU, at key 0.
 #[map]

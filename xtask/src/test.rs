@@ -6,6 +6,10 @@ use clap::Args;
 
 use crate::cmd::{cargo, is_root, step};
 
+/// rustfmt.toml's import grouping is a nightly-only rustfmt option; .ci/setup installs this
+/// toolchain (rustfmt only). Building stays on the pinned stable toolchain.
+pub const RUSTFMT_TOOLCHAIN: &str = "nightly-2026-05-19";
+
 #[derive(Args, Debug)]
 pub struct Options {
     /// Skip the nohz_full VM tests (they take several minutes).
@@ -42,7 +46,10 @@ pub fn lint_bpf() -> anyhow::Result<()> {
 }
 
 fn run_all(o: &Options) -> anyhow::Result<()> {
-    step("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
+    step(
+        "rustfmt",
+        Command::new("rustup").args(["run", RUSTFMT_TOOLCHAIN, "cargo", "fmt", "--all", "--check"]),
+    )?;
     step(
         "clippy",
         cargo().args([

@@ -9,10 +9,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use ctx::cli::{is_tty, parse_duration};
 use ctx::loader::DEFAULT_PIN_DIR;
-use ctx::report;
 use ctx::session::{Attach, Session};
 use ctx::system::{CpuSet, SysRoot};
-use ctx::tui;
+use ctx::{report, tui};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -12,10 +12,9 @@ use ratatui::crossterm::event::{self, Event};
 
 use crate::session::Session;
 use crate::system::CpuSet;
-use crate::tui::keys;
-use crate::tui::render;
 use crate::tui::state::{Flow, Info, State};
 use crate::tui::term::{self, Input, Ready, TerminalGuard};
+use crate::tui::{keys, render};
 
 #[derive(Clone, Debug)]
 pub struct Options {

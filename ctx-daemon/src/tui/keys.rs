@@ -63,8 +63,9 @@ pub fn map(key: &KeyEvent) -> Option<Action> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use ratatui::crossterm::event::KeyEventState;
+
+    use super::*;
 
     fn press(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)

@@ -6,13 +6,12 @@
 //! column names), one row per CPU, the ALL row, and a footer with the keys. Columns narrow
 //! below 116 columns and the least important ones go below 75.
 
+use ctx_common::{CpuState, Verdict};
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Widget};
-
-use ctx_common::{CpuState, Verdict};
 
 use crate::loader::Origin;
 use crate::model::SourceLabel;

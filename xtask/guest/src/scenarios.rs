@@ -26,11 +26,10 @@ use ctx_vm_proto::{Check, Measured, Requirement};
 
 use crate::ipitrace::IpiTrace;
 use crate::json::Report;
-use crate::metrics;
 use crate::probe::Probe;
 use crate::procs::{self, Ctxtop, Proc, Worker};
-use crate::say;
 use crate::sys::{self, CpuTimes, Interrupts};
+use crate::{metrics, say};
 
 pub const NOHZ_CPUS: [u32; 3] = [1, 2, 3];
 const ALL_CPUS: [u32; 4] = [0, 1, 2, 3];

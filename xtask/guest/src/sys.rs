@@ -2,9 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::fs;
-use std::io;
 use std::path::Path;
+use std::{fs, io};
 
 use anyhow::{Context as _, bail};
 

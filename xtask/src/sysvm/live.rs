@@ -3,12 +3,11 @@
 //! as shipped; then every recording rule and every dashboard query must return series, and
 //! `deploy/test/dashboard_check.py --prometheus` must pass.
 
-use std::fmt;
-use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use std::{fmt, fs};
 
 use anyhow::{Context as _, bail};
 use ctx_sysvm_guest::expo::Scrape;

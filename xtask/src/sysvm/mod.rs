@@ -26,8 +26,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 use ctx_sysvm_guest::proto::{LIVE_PARAM, METRICS_PORT, POKE_PORT};
 
-use crate::install;
-use crate::rootfs;
+use crate::{install, rootfs};
 
 pub mod live;
 

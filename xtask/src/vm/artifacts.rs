@@ -7,9 +7,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 
 use crate::install;
-use crate::sysvm::GuestBins;
-
 pub use crate::install::MUSL;
+use crate::sysvm::GuestBins;
 
 pub struct Binaries {
     pub init: PathBuf,

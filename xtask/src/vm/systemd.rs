@@ -11,9 +11,8 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -302,10 +301,11 @@ pub fn table(k: &Kernel, o: &Outcome, failures: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use ctx_sysvm_guest::proto::CHECKS;
+
     use super::*;
     use crate::sysvm::live::Query;
     use crate::vm::kernel::Suite;
-    use ctx_sysvm_guest::proto::CHECKS;
 
     fn kernel() -> Kernel {
         Kernel {
