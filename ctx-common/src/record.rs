@@ -300,6 +300,10 @@ pub struct Ledger {
     pub words: [u64; 8],
 }
 
+/// Entries of the ledger map past the per-CPU ones (the sampler's totals and its sweep
+/// histogram); the loader sizes the map to the possible CPUs plus these.
+pub const LEDGER_GLOBAL_ENTRIES: u32 = 2;
+
 const _: () = {
     assert!(core::mem::size_of::<Config>() == MAX_CPUS / 8);
     assert!(core::mem::size_of::<Ledger>() == CACHE_LINE);

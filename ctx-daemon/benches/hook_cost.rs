@@ -17,9 +17,9 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use ctx::loader::{self, Baseline, LoadOptions};
+use ctx::host::system::SysRoot;
+use ctx::probes::attach::{self, Baseline, LoadOptions};
 use ctx::session::{Attach, Session};
-use ctx::system::SysRoot;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
@@ -242,18 +242,18 @@ fn main() -> anyhow::Result<()> {
                     } else {
                         Baseline::Clock
                     };
-                    let e = loader::load_baseline(&sys, which)
+                    let e = attach::load_baseline(&sys, which)
                         .context("attaching the baseline programs")?;
                     empty_hooks = e.attached.clone();
                     _empty = e;
                 }
                 Case::Ctx => {
-                    let p = loader::load(&LoadOptions {
+                    let p = attach::load(&LoadOptions {
                         pin_dir: None,
                         sys: sys.clone(),
                     })
                     .context("attaching ctx's programs")?;
-                    ctx_hooks = p.hooks_summary();
+                    ctx_hooks = p.hooks.summary();
                     _ctx = p;
                 }
             }

@@ -211,7 +211,7 @@ fn counters(text: &str) -> BTreeMap<String, f64> {
 
 fn last_cpu() -> u32 {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
-    let set: ctx::system::CpuSet = text.parse().unwrap();
+    let set: ctx::host::cpuset::CpuSet = text.parse().unwrap();
     set.max().unwrap()
 }
 
@@ -263,7 +263,11 @@ fn promtool_accepts_a_real_scrape() {
         out.status.success() && report.trim().is_empty(),
         "promtool: {report}"
     );
-    for cpu in ctx::system::SysRoot::default().online().unwrap().iter() {
+    for cpu in ctx::host::system::SysRoot::default()
+        .online()
+        .unwrap()
+        .iter()
+    {
         assert!(
             text.contains(&format!("ctx_cpu_info{{cpu=\"{cpu}\"")),
             "no ctx_cpu_info for online CPU {cpu}"

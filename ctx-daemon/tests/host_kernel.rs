@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use ctx::host::system::SysRoot;
 use ctx::model::{CpuInterval, Sample};
+use ctx::probes::attach::{self, LoadOptions};
 use ctx::session::{Attach, Session};
-use ctx::system::SysRoot;
 use ctx_common::{CpuState, Source};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -162,6 +163,11 @@ fn interval(first: &Sample, last: &Sample, cpu: u32) -> CpuInterval {
     CpuInterval::between(a, b, last.taken_ns - first.taken_ns)
 }
 
+/// user, kernel, idle, nmi % of the interval.
+fn pct(iv: &CpuInterval) -> [f64; 4] {
+    iv.pct().expect("the CPU accrued time").as_array()
+}
+
 #[test]
 fn ctx_sys_exit_user_spinner_reads_user() {
     let Some(e) = env("ctx_sys_exit_user_spinner_reads_user") else {
@@ -172,7 +178,7 @@ fn ctx_sys_exit_user_spinner_reads_user() {
     let (a, b) = observe(&mut s, Duration::from_secs(2));
     w.finish();
     let iv = interval(&a, &b, e.target);
-    let p = iv.pct.unwrap();
+    let p = pct(&iv);
     eprintln!(
         "spinner on CPU {}: user {:.2}% kernel {:.2}% idle {:.2}% nmi {:.2}%",
         e.target, p[0], p[1], p[2], p[3]
@@ -180,7 +186,7 @@ fn ctx_sys_exit_user_spinner_reads_user() {
     assert!(p[0] >= 95.0, "user {:.2}% < 95%", p[0]);
     let v = b.cpu(e.target).unwrap();
     assert_eq!(
-        v.state,
+        v.status.state,
         Some(CpuState::User),
         "a spinning CPU reads user now"
     );
@@ -196,7 +202,7 @@ fn ctx_sys_enter_kernel_bound_reads_kernel() {
     let (a, b) = observe(&mut s, Duration::from_secs(2));
     let bytes = w.finish();
     let iv = interval(&a, &b, e.target);
-    let p = iv.pct.unwrap();
+    let p = pct(&iv);
     eprintln!(
         "read(/dev/zero, 64 MiB) on CPU {}: kernel {:.2}% user {:.2}% idle {:.2}% ({} MiB read)",
         e.target,
@@ -218,7 +224,7 @@ fn ctx_cpu_idle_idle_cpu_reads_idle() {
     thread::sleep(Duration::from_millis(200));
     let (a, b) = observe(&mut s, Duration::from_secs(2));
     let iv = interval(&a, &b, e.target);
-    let p = iv.pct.unwrap();
+    let p = pct(&iv);
     eprintln!(
         "idle CPU {}: idle {:.2}% kernel {:.2}% user {:.2}%",
         e.target, p[2], p[1], p[0]
@@ -249,19 +255,16 @@ fn ctx_sys_enter_counts_every_kernel_entry() {
     let iv = interval(&a, &b, e.target);
     eprintln!(
         "{N} getpid() on CPU {}: {} kernel entries, {} syscalls counted",
-        e.target, iv.kernel_entries, iv.syscalls
+        e.target, iv.counts.kernel_entries, iv.counts.syscalls
     );
     assert!(
-        iv.kernel_entries >= N,
+        iv.counts.kernel_entries >= N,
         "{} kernel entries < {N}",
-        iv.kernel_entries
+        iv.counts.kernel_entries
     );
-    assert!(iv.syscalls >= N);
-    let src = b.cpu(e.target).unwrap().source;
-    assert!(matches!(
-        src,
-        ctx::model::SourceLabel::Syscalls | ctx::model::SourceLabel::ContextTracking
-    ));
+    assert!(iv.counts.syscalls >= N);
+    let src = b.cpu(e.target).unwrap().facts.source;
+    assert!(matches!(src, Source::Syscalls | Source::ContextTracking));
 }
 
 /// The sequence pair against the real kernel copy: a syscall storm rewrites the target CPU's
@@ -287,9 +290,9 @@ fn ctx_sys_enter_snapshots_are_never_torn() {
     while start.elapsed() < Duration::from_secs(1) {
         let snap = s.sampler.sweep().unwrap();
         sweeps += 1;
-        torn += u64::from(snap.torn);
-        stale += u64::from(snap.stale);
-        let r = &snap.cpus[idx].record;
+        torn += u64::from(snap.records.torn);
+        stale += u64::from(snap.records.stale);
+        let r = &snap.records.cpus[idx].record;
         assert!(r.consistent());
         if r.main.offline != 0 || r.main.last_ts == 0 {
             continue;
@@ -340,7 +343,7 @@ fn ctxtop_once_json_covers_every_online_cpu() {
         .iter()
         .any(|h| h["tracepoint"] == "sys_enter" && h["status"] == "attached");
     assert!(sys_src);
-    let _ = (e.control, Source::Syscalls);
+    let _ = e.control;
 }
 
 /// Without kernel BTF, ctx still attaches every raw tracepoint and says what it had to skip.
@@ -359,7 +362,7 @@ fn ctx_sched_switch_skipped_without_btf() {
         sys: root.join("sys"),
         proc: "/proc".into(),
     };
-    let p = ctx::loader::load(&ctx::loader::LoadOptions { pin_dir: None, sys }).unwrap();
+    let p = attach::load(&LoadOptions { pin_dir: None, sys }).unwrap();
     let _ = std::fs::remove_dir_all(&root);
     assert!(p.hooks.status("sys_enter").unwrap().active());
     assert!(!p.hooks.status("sched_switch").unwrap().active());

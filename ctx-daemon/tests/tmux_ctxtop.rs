@@ -6,8 +6,8 @@
 //! what is shown as they should; `q`, Ctrl-C, SIGTERM and a panic all give the shell its
 //! terminal back (normal screen, cursor shown, canonical mode with echo); `--once` on a
 //! terminal never enters the alternate screen; with a ctx-daemon running, ctxtop reads its
-//! pins. `CTX_UPDATE_SCREEN=1` also rewrites `tests/ctxtop-screen.txt` from a run with a
-//! spinner on CPU 1. `CTXTOP_BIN=target/release/ctxtop` runs it all against a release build,
+//! pins. `CTX_BLESS=1` also rewrites `tests/ctxtop-screen.txt` (the README's screen) from a run
+//! with a spinner on CPU 1. `CTXTOP_BIN=target/release/ctxtop` runs it all against a release build,
 //! where a panic aborts and only the panic hook can restore the terminal.
 
 mod common;
@@ -433,7 +433,7 @@ fn with_a_daemon_ctxtop_reads_its_pins() {
 }
 
 /// A real screen with a spinner on CPU 1, for the README. Checks that the view reads the
-/// spinner as user; `CTX_UPDATE_SCREEN=1` saves it as `tests/ctxtop-screen.txt`.
+/// spinner as user; `CTX_BLESS=1` saves it as `tests/ctxtop-screen.txt`.
 #[test]
 fn screen_with_a_spinner() {
     let Some(_serial) = skip_unless_ready("screen_with_a_spinner") else {
@@ -465,7 +465,7 @@ fn screen_with_a_spinner() {
     assert_eq!(cpu1.1, "user", "the spinner's CPU is in user now:\n{s}");
     tm.key("q");
     tm.assert_restored("q");
-    if std::env::var_os("CTX_UPDATE_SCREEN").is_some() {
+    if common::golden::blessing() {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ctxtop-screen.txt");
         let trimmed: String = s.lines().map(|l| l.trim_end().to_owned() + "\n").collect();
         std::fs::write(&path, trimmed.trim_end().to_owned() + "\n").expect("saving the screen");

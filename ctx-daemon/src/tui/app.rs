@@ -10,9 +10,9 @@ use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::event::{self, Event};
 
+use crate::host::cpuset::CpuSet;
 use crate::session::Session;
-use crate::system::CpuSet;
-use crate::tui::state::{Flow, Info, State};
+use crate::tui::state::{Flow, State};
 use crate::tui::term::{self, Input, Ready, TerminalGuard};
 use crate::tui::{keys, render};
 
@@ -31,29 +31,10 @@ const PANIC_ENV: &str = "CTXTOP_TEST_PANIC";
 
 const MAX_EVENTS_PER_ROUND: usize = 64;
 
-pub fn info(session: &Session) -> Info {
-    Info {
-        version: crate::VERSION,
-        host: session.sys.hostname(),
-        kernel: session.sys.kernel_release(),
-        origin: Some(session.probes.origin),
-        nohz_full: session.topo.nohz_full.clone(),
-        isolated: session.topo.isolated.clone(),
-        hooks_missing: session
-            .probes
-            .hooks
-            .hooks
-            .iter()
-            .filter(|(_, s)| !s.active())
-            .map(|(h, s)| format!("{}:{} {s}", h.group, h.tracepoint))
-            .collect(),
-    }
-}
-
 pub fn run(session: &mut Session, opts: &Options) -> anyhow::Result<()> {
     term::catch_quit_signals().context("installing signal handlers")?;
     let mut state = State::new(
-        info(session),
+        session.facts.clone(),
         opts.interval,
         opts.sample_interval,
         opts.cpus.clone(),

@@ -6,16 +6,15 @@
 //! column names), one row per CPU, the ALL row, and a footer with the keys. Columns narrow
 //! below 116 columns and the least important ones go below 75.
 
-use ctx_common::{CpuState, Verdict};
+use ctx_common::{CpuState, Source, Verdict};
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Widget};
 
-use crate::loader::Origin;
-use crate::model::SourceLabel;
-use crate::tui::state::{CpuRow, HISTORY, SortKey, State, Totals, totals};
+use crate::model::Origin;
+use crate::tui::state::{AllRow, CpuRow, HISTORY, Rates, SortKey, State, all_row};
 
 const HEADER_LINES: u16 = 3;
 const TABLE_HEAD_LINES: u16 = 2;
@@ -68,7 +67,7 @@ pub fn render(state: &State, area: Rect, buf: &mut Buffer) {
     y = body_end;
 
     if s.foot == FOOT_LINES {
-        put(buf, &all_line(&cols, &totals(&rows)), &mut y);
+        put(buf, &all_line(&cols, &all_row(&rows)), &mut y);
         put(
             buf,
             &footer_line(area.width, first, page, rows.len()),
@@ -198,7 +197,7 @@ impl Cols {
 
 /// Wide enough for the highest CPU id plus the nohz_full mark, and for "ALL".
 fn cpu_width(state: &State) -> u16 {
-    let max = state.rows.iter().map(|r| r.cpu).max().unwrap_or(0);
+    let max = state.rows.iter().map(CpuRow::cpu).max().unwrap_or(0);
     (max.to_string().len() as u16 + 1).max(3)
 }
 
@@ -375,26 +374,29 @@ fn join(cells: Vec<Vec<Span<'static>>>) -> Line<'static> {
 fn cpu_line(cols: &Cols, r: &CpuRow) -> Line<'static> {
     let cell = |c: Col, w: u16| -> Vec<Span<'static>> {
         let num = |s: String, style: Style| vec![Span::styled(pad_left(&s, w), style)];
-        if !r.online && c != Col::Cpu {
+        let (facts, status) = (&r.iv.facts, &r.iv.status);
+        if !facts.online && c != Col::Cpu {
             return match c {
                 Col::State => vec![Span::styled(pad_right("off", w), dim())],
                 _ => num("-".into(), dim()),
             };
         }
-        let pct = |i: usize| num(dash_or(r.pct, |p| fmt_pct(p[i], w)), Style::new());
-        let rate = |f: fn(&crate::tui::state::Rates) -> f64, style: Style| {
-            num(dash_or(r.rates.as_ref(), |x| fmt_rate(f(x), w)), style)
+        let shares = r.pct().map(|p| p.as_array());
+        let rates = r.rates();
+        let pct = |i: usize| num(dash_or(shares, |p| fmt_pct(p[i], w)), Style::new());
+        let rate = |f: fn(&Rates) -> f64, style: Style| {
+            num(dash_or(rates.as_ref(), |x| fmt_rate(f(x), w)), style)
         };
         match c {
             Col::Cpu => {
-                let mark = if r.nohz_full { "*" } else { " " };
-                vec![Span::raw(pad_left(&format!("{}{mark}", r.cpu), w))]
+                let mark = if facts.nohz_full { "*" } else { " " };
+                vec![Span::raw(pad_left(&format!("{}{mark}", facts.cpu), w))]
             }
             Col::State => vec![Span::styled(
-                pad_right(r.state.map_or("-", state_label), w),
-                state_style(r.state),
+                pad_right(status.state.map_or("-", state_label), w),
+                state_style(status.state),
             )],
-            Col::Bar => bar_spans(r.pct, w),
+            Col::Bar => bar_spans(shares, w),
             Col::Usr => pct(0),
             Col::Krn => pct(1),
             Col::Idl => pct(2),
@@ -403,7 +405,7 @@ fn cpu_line(cols: &Cols, r: &CpuRow) -> Line<'static> {
             Col::Nmis => rate(|x| x.nmis, Style::new()),
             Col::Ipis => rate(|x| x.ipis, Style::new()),
             Col::Avoid => {
-                let hot = r.rates.is_some_and(|x| x.avoidable_ipis > 0.0);
+                let hot = rates.is_some_and(|x| x.avoidable_ipis > 0.0);
                 let style = if hot {
                     Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
                 } else {
@@ -411,7 +413,7 @@ fn cpu_line(cols: &Cols, r: &CpuRow) -> Line<'static> {
                 };
                 rate(|x| x.avoidable_ipis, style)
             }
-            Col::Verdict => match r.verdict {
+            Col::Verdict => match status.verdict {
                 Some(v) => {
                     let (label, style) = verdict_cell(v, cols.wide);
                     vec![Span::styled(pad_right(label, w), style)]
@@ -419,7 +421,7 @@ fn cpu_line(cols: &Cols, r: &CpuRow) -> Line<'static> {
                 None => vec![Span::raw(pad_right("-", w))],
             },
             Col::Need => num(
-                dash_or(r.need_pct(), |p| fmt_pct(p, w.min(4))),
+                dash_or(r.iv.need_pct(), |p| fmt_pct(p, w.min(4))),
                 Style::new(),
             ),
             Col::Trend => {
@@ -434,17 +436,17 @@ fn cpu_line(cols: &Cols, r: &CpuRow) -> Line<'static> {
     join(cols.list.iter().map(|(c, w)| cell(*c, *w)).collect())
 }
 
-fn all_line(cols: &Cols, t: &Totals) -> Line<'static> {
+fn all_line(cols: &Cols, t: &AllRow) -> Line<'static> {
+    let shares = t.totals.pct.map(|p| p.as_array());
+    let rates = t.rates();
     let cell = |c: Col, w: u16| -> Vec<Span<'static>> {
         let num = |s: String| vec![Span::raw(pad_left(&s, w))];
-        let pct = |i: usize| num(dash_or(t.pct, |p| fmt_pct(p[i], w)));
-        let rate = |f: fn(&crate::tui::state::Rates) -> f64| {
-            num(dash_or(t.rates.as_ref(), |x| fmt_rate(f(x), w)))
-        };
+        let pct = |i: usize| num(dash_or(shares, |p| fmt_pct(p[i], w)));
+        let rate = |f: fn(&Rates) -> f64| num(dash_or(rates.as_ref(), |x| fmt_rate(f(x), w)));
         match c {
             Col::Cpu => vec![Span::raw(pad_right("ALL", w))],
             Col::State => vec![Span::raw(pad_right("", w))],
-            Col::Bar => bar_spans(t.pct, w),
+            Col::Bar => bar_spans(shares, w),
             Col::Usr => pct(0),
             Col::Krn => pct(1),
             Col::Idl => pct(2),
@@ -454,7 +456,7 @@ fn all_line(cols: &Cols, t: &Totals) -> Line<'static> {
             Col::Ipis => rate(|x| x.ipis),
             Col::Avoid => rate(|x| x.avoidable_ipis),
             Col::Verdict => vec![Span::raw(pad_right("", w))],
-            Col::Need => num(dash_or(t.need_pct, |p| fmt_pct(p, w.min(4)))),
+            Col::Need => num(dash_or(t.totals.need_pct(), |p| fmt_pct(p, w.min(4)))),
             Col::Trend => vec![Span::styled(
                 sparkline(&t.kernel_hist, w),
                 Style::new().fg(Color::Yellow),
@@ -589,7 +591,7 @@ fn trim(x: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-fn set_or_dash(s: &crate::system::CpuSet) -> String {
+fn set_or_dash(s: &crate::host::cpuset::CpuSet) -> String {
     if s.is_empty() {
         "-".into()
     } else {
@@ -598,11 +600,10 @@ fn set_or_dash(s: &crate::system::CpuSet) -> String {
 }
 
 fn header_lines(state: &State) -> [Line<'static>; 3] {
-    let i = &state.info;
+    let i = &state.facts;
     let probes = match i.origin {
-        Some(Origin::Pinned) => "probes of ctx-daemon (pinned)",
-        Some(Origin::Loaded) => "probes loaded by ctxtop",
-        None => "probes -",
+        Origin::Pinned => "probes of ctx-daemon (pinned)",
+        Origin::Loaded => "probes loaded by ctxtop",
     };
     let l1 = Line::from(vec![
         Span::styled("ctxtop", bold()),
@@ -653,11 +654,11 @@ fn header_lines(state: &State) -> [Line<'static>; 3] {
     [l1, l2, Line::from(l3)]
 }
 
-fn short_source(s: SourceLabel) -> &'static str {
+/// A source among several in the header; CPUs that no hook drives yet read better as such.
+fn short_source(s: Source) -> &'static str {
     match s {
-        SourceLabel::ContextTracking => "context_tracking",
-        SourceLabel::Syscalls => "syscalls",
-        SourceLabel::None => "no hook",
+        Source::None => "no hook",
+        s => s.as_str(),
     }
 }
 
@@ -708,12 +709,11 @@ fn help(state: &State, area: Rect, buf: &mut Buffer) {
     .into_iter()
     .map(Line::raw)
     .collect();
-    if !state.info.hooks_missing.is_empty() {
+    let mut missing = state.facts.hooks_not_in_use().peekable();
+    if missing.peek().is_some() {
         lines.push(Line::raw(""));
         lines.push(Line::raw("hooks not in use:"));
-        for h in &state.info.hooks_missing {
-            lines.push(Line::raw(format!("  {h}")));
-        }
+        lines.extend(missing.map(|h| Line::raw(format!("  {h}"))));
     }
     let w = area.width.min(76);
     let h = area.height.min(lines.len() as u16 + 2);
@@ -725,7 +725,7 @@ fn help(state: &State, area: Rect, buf: &mut Buffer) {
     );
     Clear.render(r, buf);
     Paragraph::new(lines)
-        .block(Block::bordered().title(format!(" ctxtop {} help ", state.info.version)))
+        .block(Block::bordered().title(format!(" ctxtop {} help ", state.facts.version)))
         .render(r, buf);
 }
 

@@ -127,7 +127,7 @@ pub struct Input {
 
 impl Input {
     pub fn open() -> io::Result<Self> {
-        if crate::cli::is_tty(libc::STDIN_FILENO) {
+        if crate::host::system::is_tty(libc::STDIN_FILENO) {
             return Ok(Self {
                 fd: libc::STDIN_FILENO,
                 _tty: None,

@@ -1,7 +1,9 @@
-//! Shared by the tests that run ctxtop against the real kernel: when to skip, and a pinned
-//! user-space spinner.
+//! Shared by the integration tests: golden files, when a real-kernel test must skip, and a
+//! pinned user-space spinner.
 
 #![allow(dead_code, reason = "each test binary uses its own subset")]
+
+pub mod golden;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -9,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ctx::system::{CpuSet, SysRoot};
+use ctx::host::cpuset::CpuSet;
+use ctx::host::system::SysRoot;
 
 /// The ctxtop under test: this build's, or `CTXTOP_BIN` (say, a release build, whose
 /// `panic = "abort"` takes the panic hook's path out).

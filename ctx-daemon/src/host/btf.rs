@@ -233,6 +233,18 @@ mod tests {
         assert!(d.contains("from bit 3"), "{d}");
     }
 
+    #[test]
+    fn a_missing_file_names_it_and_the_fix() {
+        let e = KernelBtf::load(Path::new("/nonexistent/vmlinux"))
+            .err()
+            .expect("no such file");
+        let shown = crate::test_util::assert_causes_print_once(&e);
+        assert!(
+            shown.contains("/nonexistent/vmlinux") && shown.contains("CONFIG_DEBUG_INFO_BTF"),
+            "{shown}"
+        );
+    }
+
     /// The host's own BTF, when there is one: tracepoints that exist everywhere are found.
     #[test]
     fn host_btf_when_present() {
