@@ -162,7 +162,7 @@ pub const HOOKS: [HookSpec; 15] = [
 ];
 
 /// Hooks ctx looks for and reports but does not attach. `rcu:rcu_dyntick` (renamed
-/// `rcu:rcu_watching` in 6.12) exists only with CONFIG_RCU_TRACE; context tracking already
+/// `rcu:rcu_watching` in 6.12) exists only with `CONFIG_RCU_TRACE`; context tracking already
 /// reports the transitions it would, so it is never required.
 pub const DETECTED_ONLY: [(&str, &str); 2] = [("rcu", "rcu_dyntick"), ("rcu", "rcu_watching")];
 

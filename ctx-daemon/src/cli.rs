@@ -52,7 +52,7 @@ pub fn init_logging(default: &str) {
 }
 
 /// Common start of both binaries: logging, then keeping khugepaged off ctx's own memory (a
-/// collapse ends in an IPI to every CPU, the nohz_full ones included), then `run`, whose error
+/// collapse ends in an IPI to every CPU, the `nohz_full` ones included), then `run`, whose error
 /// is printed as `NAME: error: cause: cause...` with a failure exit.
 pub fn main_with(
     name: &str,

@@ -7,6 +7,7 @@ use aya::maps::{MapData, PerCpuArray};
 use ctx_common::CpuRecord;
 use ctx_common::programs::{MAP_CPU, Role};
 
+use crate::host::btf::CtLayout;
 use crate::host::cpuset::CpuSet;
 use crate::host::system::SysRoot;
 use crate::model::{Facts, HookFact, Model, Origin, Sample};
@@ -85,7 +86,7 @@ fn facts(sys: &SysRoot, origin: Origin, probes: &Probes) -> Facts {
         isolated: sys.isolated(),
         ct_cpus: probes.ct_cpus.clone(),
         syscalls_active: probes.hooks.role_active(Role::Syscalls) || origin == Origin::Pinned,
-        kernel_ct_layout: probes.ct_layout.as_ref().map(|l| l.describe()),
+        kernel_ct_layout: probes.ct_layout.as_ref().map(CtLayout::describe),
         hooks: probes
             .hooks
             .hooks

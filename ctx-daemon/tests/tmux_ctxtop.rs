@@ -190,7 +190,9 @@ fn ctxtop_cmd(args: &str) -> String {
 }
 
 fn skip_unless_ready(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(why) = skip_reason(None, &["tmux"]) {
         skip(test, &why);
         return None;
@@ -198,8 +200,13 @@ fn skip_unless_ready(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     Some(guard)
 }
 
+/// One screen line per online CPU.
+fn rows_for_cpus() -> u16 {
+    u16::try_from(common::online().len()).expect("fewer CPUs than a terminal has lines")
+}
+
 fn height_for_all_cpus() -> u16 {
-    (common::online().len() as u16 + 8).max(24)
+    (rows_for_cpus() + 8).max(24)
 }
 
 #[test]
@@ -309,7 +316,7 @@ fn ctrl_c_sigterm_and_a_panic_restore_the_terminal() {
     tm.wait_refresh(1);
     let pid = tm.child_pid();
     // SAFETY: kill has no memory-safety preconditions; the pid is ctxtop, started above.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    assert_eq!(unsafe { libc::kill(pid.cast_signed(), libc::SIGTERM) }, 0);
     tm.assert_restored("SIGTERM");
 
     tm.run(&format!(
@@ -444,7 +451,7 @@ fn screen_with_a_spinner() {
     }
     let _spin = Spinner::on(1);
     // Just tall enough for every CPU: the capture goes into the README.
-    let tm = Tmux::start("screen", 80, (common::online().len() as u16 + 8).max(10));
+    let tm = Tmux::start("screen", 80, (rows_for_cpus() + 8).max(10));
     let away = common::other_cpu(1);
     tm.run(&format!(
         "taskset -c {away} {}",

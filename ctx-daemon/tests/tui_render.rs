@@ -48,11 +48,11 @@ enum End {
 struct Spec {
     user_ms: u64,
     kernel_ms: u64,
-    /// IPIs (call_function) that interrupt user: an entry for nothing, the avoidable kind.
+    /// IPIs (`call_function`) that interrupt user: an entry for nothing, the avoidable kind.
     ipis_in_user: u64,
     /// Reschedule IPIs while in kernel.
     ipis_in_kernel: u64,
-    /// irq_work IPIs while idle: also avoidable.
+    /// `irq_work` IPIs while idle: also avoidable.
     ipis_in_idle: u64,
     end: End,
 }
@@ -60,7 +60,7 @@ struct Spec {
 /// One CPU's record and how its transitions are reported.
 struct FakeCpu {
     rec: CpuRecord,
-    /// Context tracking drives it (a nohz_full CPU); otherwise the syscall hooks do.
+    /// Context tracking drives it (a `nohz_full` CPU); otherwise the syscall hooks do.
     ct: bool,
     events: Vec<(u64, Step)>,
 }
@@ -115,7 +115,7 @@ impl FakeCpu {
     }
 
     /// Queues one interval starting at `t`, with only the transitions the spec needs (a
-    /// spinner that stays in user makes none, as on a real nohz_full CPU).
+    /// spinner that stays in user makes none, as on a real `nohz_full` CPU).
     fn plan(&mut self, t: u64, s: Spec, previous: End) {
         let idle_ms = 1000 - s.user_ms - s.kernel_ms;
         let mut ev = Vec::new();
@@ -246,10 +246,10 @@ impl Host {
         st.show_sample(&first);
         for iv in 0..intervals {
             let t = T0 + iv * 1000 * MS;
-            for (c, cpu) in self.cpus.iter_mut().enumerate() {
-                let s = specs(c as u32, iv);
-                cpu.plan(t, s, self.ends[c]);
-                self.ends[c] = s.end;
+            for ((c, cpu), end) in (0u32..).zip(self.cpus.iter_mut()).zip(&mut self.ends) {
+                let s = specs(c, iv);
+                cpu.plan(t, s, *end);
+                *end = s.end;
             }
             let mut last = first.clone();
             for j in 1..=SAMPLES {
@@ -281,7 +281,7 @@ fn facts(nohz_full: &CpuSet) -> Facts {
     }
 }
 
-/// Four CPUs: two housekeeping ones on the syscall hooks, two nohz_full ones on context
+/// Four CPUs: two housekeeping ones on the syscall hooks, two `nohz_full` ones on context
 /// tracking (one spinning in user, one getting disturbed).
 fn small(cpu: u32, iv: u64) -> Spec {
     match cpu {
@@ -324,7 +324,7 @@ fn small(cpu: u32, iv: u64) -> Spec {
     }
 }
 
-/// 64 CPUs: 0-1 housekeeping, 2-63 nohz_full; a pattern of spinners, disturbed CPUs, idle ones
+/// 64 CPUs: 0-1 housekeeping, 2-63 `nohz_full`; a pattern of spinners, disturbed CPUs, idle ones
 /// and one caught in an NMI.
 fn many(cpu: u32, iv: u64) -> Spec {
     if cpu < 2 {
@@ -405,7 +405,8 @@ fn find(b: &Buffer, line_prefix: &str, needle: &str) -> (u16, u16) {
                 .unwrap_or_else(|| panic!("{needle:?} not on line {l:?}"));
             // Columns are cells; the prefix before the match may hold multi-byte glyphs.
             let x = l[..col].chars().count();
-            return (x as u16, y as u16);
+            let cell = |n: usize| u16::try_from(n).expect("within the test's screen");
+            return (cell(x), cell(y));
         }
     }
     panic!("no line starting with {line_prefix:?} in\n{t}");
@@ -465,6 +466,10 @@ fn every_cpu_has_a_row_with_its_state() {
 }
 
 #[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "whole milliseconds in whole seconds: the shares and rates are exact"
+)]
 fn spinner_reads_full_user_and_disturbed_cpu_shows_avoidable_ipis() {
     let st = small_state();
     let cpu2 = st.rows.iter().find(|r| r.cpu() == 2).unwrap();

@@ -18,6 +18,7 @@ use ctx::host::btf::{CtLayout, KernelBtf};
 use ctx::host::cpuset::CpuSet;
 use ctx::host::kstate::KernelCtReader;
 use ctx::host::system::{self, SysRoot};
+use ctx::model::sweeps::SweepTotals;
 use ctx::outputs::metrics::{ExportStatic, ExportView};
 use ctx::outputs::serve::{self, Shared};
 use ctx::probes::hooks::HookStatus;
@@ -37,7 +38,7 @@ struct Args {
     /// Address to serve /metrics and /healthz on [default: 0.0.0.0:10977].
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
-    /// Export only these CPUs (e.g. the nohz_full set, 1-15) [default: all].
+    /// Export only these CPUs (e.g. the `nohz_full` set, 1-15) [default: all].
     #[arg(long, value_name = "LIST")]
     cpus: Option<CpuSet>,
     /// How often every CPU's state is sampled for verdicts [default: 10ms].
@@ -49,7 +50,7 @@ struct Args {
     /// TOML config file; flags win over it.
     #[arg(long, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
-    /// Let ctx's own threads run on nohz_full CPUs too (by default it keeps to the others).
+    /// Let ctx's own threads run on `nohz_full` CPUs too (by default it keeps to the others).
     #[arg(long)]
     no_housekeeping_affinity: bool,
     /// Remove the pinned programs and maps (detaching ctx from the kernel), then exit.
@@ -112,35 +113,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     })?;
     listener.set_nonblocking(true)?;
 
-    let mut session = Session::open(
-        &Attach::Daemon {
-            pin_dir: set.pin_dir.clone(),
-        },
-        sys.clone(),
-    )
-    .context("attaching ctx's programs")?;
-    let reused = session
-        .probes
-        .hooks
-        .hooks
-        .iter()
-        .filter(|(_, s)| matches!(s, HookStatus::Reused))
-        .count();
-    info!(
-        reused,
-        hooks = %session.probes.hooks.summary(),
-        pin_dir = %set.pin_dir.display(),
-        "programs ready"
-    );
-    for (h, s) in &session.probes.hooks.hooks {
-        let hook = format!("{}:{}", h.group, h.tracepoint);
-        match s {
-            // Expected where the kernel lacks the feature (no CONTEXT_TRACKING_USER, say).
-            HookStatus::Absent => info!(hook, "hook absent from this kernel"),
-            s if !s.active() => warn!(hook, status = %s, "hook not in use"),
-            _ => {}
-        }
-    }
+    let mut session = attach(&set, &sys)?;
     // Opened before dropping capabilities: finding a program's maps by id needs CAP_SYS_ADMIN.
     let logger = match std::mem::replace(&mut session.probes.logs, LogSource::None) {
         LogSource::Reader(l) => Some(*l),
@@ -175,7 +148,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             links,
         )),
         interval: set.sample_interval,
-        totals: Default::default(),
+        totals: SweepTotals::default(),
         watchdog,
     };
     sampler.restore();
@@ -186,9 +159,57 @@ fn run(args: &Args) -> anyhow::Result<()> {
     sampler
         .shared
         .publish(service::initial_view(&first), first.taken_ns);
-    let shared = Arc::clone(&sampler.shared);
     let status = service::status_line(&first);
+    serve_until_stopped(sampler, listener, set.listen, logger, &status)?;
+    info!(
+        "stopped; programs stay attached (pinned) for the next start; `ctx-daemon --detach` removes them"
+    );
+    Ok(())
+}
 
+/// Attaches (or reuses the pins) and says what became of each hook.
+fn attach(set: &Settings, sys: &SysRoot) -> anyhow::Result<Session> {
+    let session = Session::open(
+        &Attach::Daemon {
+            pin_dir: set.pin_dir.clone(),
+        },
+        sys.clone(),
+    )
+    .context("attaching ctx's programs")?;
+    let reused = session
+        .probes
+        .hooks
+        .hooks
+        .iter()
+        .filter(|(_, s)| matches!(s, HookStatus::Reused))
+        .count();
+    info!(
+        reused,
+        hooks = %session.probes.hooks.summary(),
+        pin_dir = %set.pin_dir.display(),
+        "programs ready"
+    );
+    for (h, s) in &session.probes.hooks.hooks {
+        let hook = format!("{}:{}", h.group, h.tracepoint);
+        match s {
+            // Expected where the kernel lacks the feature (no CONTEXT_TRACKING_USER, say).
+            HookStatus::Absent => info!(hook, "hook absent from this kernel"),
+            s if !s.active() => warn!(hook, status = %s, "hook not in use"),
+            _ => {}
+        }
+    }
+    Ok(session)
+}
+
+/// Runs the sampling thread and the HTTP server until SIGTERM or SIGINT.
+fn serve_until_stopped(
+    sampler: SamplingLoop,
+    listener: TcpListener,
+    listen: SocketAddr,
+    logger: Option<Logger>,
+    status: &str,
+) -> anyhow::Result<()> {
+    let shared = Arc::clone(&sampler.shared);
     let stop = Arc::new(AtomicBool::new(false));
     let stop_s = Arc::clone(&stop);
     let sampler_thread = std::thread::Builder::new()
@@ -205,8 +226,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             spawn_log_reader(l);
         }
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        info!(listen = %set.listen, "serving /metrics and /healthz");
-        service::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        info!(%listen, "serving /metrics and /healthz");
+        service::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
         axum::serve(listener, serve::router(shared))
             .with_graceful_shutdown(shutdown_signal())
             .await
@@ -216,11 +237,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if sampler_thread.join().is_err() {
         warn!("sampler thread panicked");
     }
-    served.context("serving HTTP")?;
-    info!(
-        "stopped; programs stay attached (pinned) for the next start; `ctx-daemon --detach` removes them"
-    );
-    Ok(())
+    served.context("serving HTTP")
 }
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -231,7 +248,7 @@ fn open_log_reader(prog_id: u32) -> Option<Logger> {
             info!(
                 "hotplug log records of the reused programs are not forwarded ({e}): reading \
                  them by program id needs CAP_SYS_ADMIN"
-            )
+            );
         })
         .ok()
 }
@@ -269,22 +286,19 @@ async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => info!("SIGTERM: stopping"),
-                _ = i.recv() => info!("SIGINT: stopping"),
-            }
+    if let (Ok(mut t), Ok(mut i)) = (term, int) {
+        tokio::select! {
+            _ = t.recv() => info!("SIGTERM: stopping"),
+            _ = i.recv() => info!("SIGINT: stopping"),
         }
-        _ => {
-            warn!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await;
-        }
+    } else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
     }
 }
 
 /// The kernel's own per-CPU context-tracking state, when it can be read (root, /proc/kcore,
-/// KALLSYMS_ALL): the cross-check for ctx's mirror.
+/// `KALLSYMS_ALL`): the cross-check for ctx's mirror.
 fn print_kernel_states(sys: &SysRoot, layout: CtLayout) {
     let Ok(possible) = sys.possible() else { return };
     let n = possible.max().map_or(1, |m| m as usize + 1);

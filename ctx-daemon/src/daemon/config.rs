@@ -44,7 +44,7 @@ pub struct Settings {
     pub cpus: Option<CpuSet>,
     pub sample_interval: Duration,
     pub pin_dir: PathBuf,
-    /// Keep ctx's own threads off nohz_full CPUs.
+    /// Keep ctx's own threads off `nohz_full` CPUs.
     pub housekeeping_affinity: bool,
 }
 

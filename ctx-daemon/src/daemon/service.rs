@@ -21,7 +21,7 @@ use crate::session::Session;
 /// How often user-space counters are persisted (and, with them, published to scrapes).
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
-/// Restricts this process (and threads it starts later) to CPUs outside nohz_full, so ctx
+/// Restricts this process (and threads it starts later) to CPUs outside `nohz_full`, so ctx
 /// never competes with the work it watches. Returns the set, or `None` when there is nothing
 /// to avoid.
 pub fn pin_to_housekeeping(sys: &SysRoot) -> Option<CpuSet> {
@@ -44,7 +44,7 @@ pub fn pin_to_housekeeping(sys: &SysRoot) -> Option<CpuSet> {
         {
             libc::CPU_SET(c as usize, &mut set);
         }
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
     };
     if rc != 0 {
         warn!(
@@ -56,9 +56,9 @@ pub fn pin_to_housekeeping(sys: &SysRoot) -> Option<CpuSet> {
     Some(keep)
 }
 
-/// Keeps only what sampling needs once the programs are attached: CAP_BPF (reading maps is a
-/// bpf(2) call, which kernel.unprivileged_bpf_disabled reserves for it on kernels before the
-/// BPF-token rework) or CAP_SYS_ADMIN where the kernel predates CAP_BPF.
+/// Keeps only what sampling needs once the programs are attached: `CAP_BPF` (reading maps is a
+/// bpf(2) call, which `kernel.unprivileged_bpf_disabled` reserves for it on kernels before the
+/// BPF-token rework) or `CAP_SYS_ADMIN` where the kernel predates `CAP_BPF`.
 pub fn drop_capabilities() -> Result<String, caps::errors::CapsError> {
     use caps::{CapSet, Capability};
     let eff = caps::read(None, CapSet::Effective)?;
@@ -74,7 +74,7 @@ pub fn drop_capabilities() -> Result<String, caps::errors::CapsError> {
     caps::set(None, CapSet::Inheritable, &caps::CapsHashSet::new())?;
     Ok(keep
         .iter()
-        .map(|c| c.to_string())
+        .map(std::string::ToString::to_string)
         .collect::<Vec<_>>()
         .join(","))
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
+use ctx_common::record::MAX_CPUS;
 use thiserror::Error;
 
 /// A set of CPU ids, in the kernel's list format (`0-3,8,10-11`).
@@ -47,6 +48,7 @@ impl CpuSet {
         self.0.last().copied()
     }
 
+    #[must_use]
     pub fn intersection(&self, other: &CpuSet) -> CpuSet {
         CpuSet(self.0.intersection(&other.0).copied().collect())
     }
@@ -77,7 +79,7 @@ impl FromStr for CpuSet {
             if lo > hi {
                 return Err(err("range runs backwards"));
             }
-            if hi >= ctx_common::record::MAX_CPUS as u32 {
+            if usize::try_from(hi).is_ok_and(|hi| hi >= MAX_CPUS) {
                 return Err(err("CPU id beyond 8191"));
             }
             set.extend(lo..=hi);

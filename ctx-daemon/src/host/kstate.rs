@@ -1,6 +1,6 @@
 //! The kernel's own `context_tracking.state` per CPU, read from `/proc/kcore`, to cross-check
 //! ctx's mirror. Diagnostics only (`ctx-daemon --check`, the VM tests): it needs root
-//! (CAP_SYS_RAWIO), `/proc/kcore` and data symbols in `/proc/kallsyms` (KALLSYMS_ALL).
+//! (`CAP_SYS_RAWIO`), `/proc/kcore` and data symbols in `/proc/kallsyms` (`KALLSYMS_ALL`).
 //!
 //! Reading kcore copies kernel memory from this CPU; it sends no IPI. The word's layout (where
 //! the state sits, its width, the state names) comes from BTF through [`CtLayout`]; nothing

@@ -71,7 +71,7 @@ impl SysRoot {
         self.cpu_list("possible")
     }
 
-    /// `nohz_full=` CPUs; empty when the kernel lacks NO_HZ_FULL or the boot set none.
+    /// `nohz_full=` CPUs; empty when the kernel lacks `NO_HZ_FULL` or the boot set none.
     pub fn nohz_full(&self) -> CpuSet {
         self.cpu_list("nohz_full").unwrap_or_default()
     }
@@ -95,7 +95,7 @@ impl SysRoot {
         self.sys.join("kernel/btf/vmlinux")
     }
 
-    /// Effective capabilities of this process (CapEff in /proc/self/status).
+    /// Effective capabilities of this process (`CapEff` in /proc/self/status).
     pub fn effective_caps(&self) -> Result<u64, SysReadError> {
         let path = self.proc.join("self/status");
         let text = Self::read(path.clone())?;
@@ -113,8 +113,8 @@ pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
-/// What loading and attaching tracing programs needs: CAP_BPF with CAP_PERFMON (5.8+), or
-/// CAP_SYS_ADMIN, which implies both.
+/// What loading and attaching tracing programs needs: `CAP_BPF` with `CAP_PERFMON` (5.8+), or
+/// `CAP_SYS_ADMIN`, which implies both.
 pub fn missing_caps(eff: u64) -> Vec<&'static str> {
     let has = |c: u32| eff & (1u64 << c) != 0;
     if has(CAP_SYS_ADMIN) {
@@ -131,8 +131,8 @@ pub fn missing_caps(eff: u64) -> Vec<&'static str> {
 }
 
 /// Keeps khugepaged off this process's memory. Debian builds THP "always", and khugepaged
-/// collapses even a sparse 2 MiB range (max_ptes_none is 511); every collapse ends in
-/// tlb_remove_table_sync_one(), an IPI to every CPU, the nohz_full ones ctx watches included.
+/// collapses even a sparse 2 MiB range (`max_ptes_none` is 511); every collapse ends in
+/// `tlb_remove_table_sync_one()`, an IPI to every CPU, the `nohz_full` ones ctx watches included.
 /// Children inherit the setting, and execve keeps it.
 pub fn exclude_from_thp() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
@@ -150,8 +150,9 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: valid pointer to a timespec; both clocks used here always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    unsafe { libc::clock_gettime(clock, &raw mut ts) };
+    // Both clocks read after the epoch and boot: never negative.
+    ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 
 /// Hands memory freed after start-up (kernel BTF is parsed once, tens of MiB) back to the
@@ -164,12 +165,12 @@ pub fn release_startup_memory() {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
 pub fn mono_now_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
 
-/// CLOCK_REALTIME in ns.
+/// `CLOCK_REALTIME` in ns.
 pub fn realtime_now_ns() -> u64 {
     clock_ns(libc::CLOCK_REALTIME)
 }
@@ -182,7 +183,7 @@ pub fn fs_magic_is(path: &Path, magic: i64) -> bool {
     // SAFETY: zeroed statfs is a valid out-parameter.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out-pointer.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
     rc == 0 && st.f_type as i64 == magic
 }
 

@@ -21,7 +21,7 @@ pub struct CpuFacts {
 }
 
 impl CpuFacts {
-    /// nohz_full or isolcpus: the CPUs an operator isolated.
+    /// `nohz_full` or isolcpus: the CPUs an operator isolated.
     pub fn isolated_any(&self) -> bool {
         self.nohz_full || self.isolated
     }

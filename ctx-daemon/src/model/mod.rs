@@ -36,7 +36,7 @@ use crate::sample::Snapshot;
 /// One sweep, modelled.
 #[derive(Clone, Debug, Default)]
 pub struct Sample {
-    /// CLOCK_MONOTONIC before the sweep's first copy.
+    /// `CLOCK_MONOTONIC` before the sweep's first copy.
     pub taken_ns: u64,
     pub sweep_ns: u64,
     /// Records caught mid-write and copied again.
@@ -156,16 +156,16 @@ mod tests {
     #[test]
     fn verdicts_follow_the_counter() {
         let mut r = CpuRecord::default();
-        let mut m = Model::new();
-        let f = facts();
+        let mut model = Model::new();
+        let facts = facts();
         unsafe { main_event(&raw mut r.main, 100, MainEvent::UserEnter, true) };
-        let s = m.update(snapshot(200, "0", &[r]), &f);
+        let s = model.update(snapshot(200, "0", &[r]), &facts);
         assert_eq!(s.cpus[0].status.state, Some(CpuState::User));
         assert_eq!(s.cpus[0].status.verdict, Some(Verdict::Deferrable));
         unsafe { main_event(&raw mut r.main, 300, MainEvent::UserExit, true) };
-        let s = m.update(snapshot(400, "0", &[r]), &f);
+        let s = model.update(snapshot(400, "0", &[r]), &facts);
         assert_eq!(s.cpus[0].status.verdict, Some(Verdict::Quiesced));
-        let s = m.update(snapshot(500, "0", &[r]), &f);
+        let s = model.update(snapshot(500, "0", &[r]), &facts);
         assert_eq!(s.cpus[0].status.verdict, Some(Verdict::IpiNeeded));
         assert_eq!(s.cpus[0].counts.samples, Samples::from_array([1, 1, 1]));
         assert_eq!(s.cpus[0].facts.source, Source::ContextTracking);
@@ -174,8 +174,8 @@ mod tests {
     #[test]
     fn unstarted_and_offline_cpus_have_no_verdict() {
         let r = CpuRecord::default();
-        let mut m = Model::new();
-        let s = m.update(snapshot(100, "0", &[r, r]), &facts());
+        let mut model = Model::new();
+        let s = model.update(snapshot(100, "0", &[r, r]), &facts());
         assert_eq!(s.cpus[0].status.state, None);
         assert_eq!(s.cpus[0].status.verdict, None);
         assert!(!s.cpus[1].facts.online);
@@ -190,25 +190,25 @@ mod tests {
     #[test]
     fn an_unreadable_online_list_keeps_the_last_one() {
         let r = CpuRecord::default();
-        let mut m = Model::new();
-        m.update(snapshot(100, "0-1", &[r, r]), &facts());
+        let mut model = Model::new();
+        model.update(snapshot(100, "0-1", &[r, r]), &facts());
         let mut snap = snapshot(200, "", &[r, r]);
         snap.online = None;
-        let s = m.update(snap, &facts());
+        let s = model.update(snap, &facts());
         assert!(s.cpus.iter().all(|c| c.facts.online));
     }
 
     #[test]
     fn residency_never_grows_faster_than_time() {
         let mut r = CpuRecord::default();
-        let mut m = Model::new();
-        let f = facts();
+        let mut model = Model::new();
+        let facts = facts();
         unsafe { main_event(&raw mut r.main, 1_000, MainEvent::UserEnter, true) };
-        let a = m.update(snapshot(2_000, "0", &[r]), &f);
+        let a = model.update(snapshot(2_000, "0", &[r]), &facts);
         // A record that claims 100 s more than the 10 ms between two samples (say, a CPU that
         // came back from hotplug without the cpuhp hook): the excess is dropped.
         r.main.res_ns[1] += 100_000_000_000;
-        let b = m.update(snapshot(10_002_000, "0", &[r]), &f);
+        let b = model.update(snapshot(10_002_000, "0", &[r]), &facts);
         let (a, b) = (a.cpus[0].counts.residency, b.cpus[0].counts.residency);
         let grew = b.total() - a.total();
         assert!(grew <= 10_000_000 + GROWTH_SLACK_NS, "grew {grew}");
@@ -218,14 +218,14 @@ mod tests {
     #[test]
     fn residency_is_monotonic_across_small_dips() {
         let mut r = CpuRecord::default();
-        let mut m = Model::new();
-        let f = facts();
+        let mut model = Model::new();
+        let facts = facts();
         unsafe { main_event(&raw mut r.main, 1_000, MainEvent::UserEnter, true) };
-        let a = m.update(snapshot(10_000, "0", &[r]), &f);
+        let a = model.update(snapshot(10_000, "0", &[r]), &facts);
         // An NMI's time is carved out of user after it ends: user dips by 500 ns.
         r.nmi.ns_from[0] = 500;
         r.nmi.ns_total = 500;
-        let b = m.update(snapshot(10_100, "0", &[r]), &f);
+        let b = model.update(snapshot(10_100, "0", &[r]), &facts);
         let (a, b) = (a.cpus[0].counts.residency, b.cpus[0].counts.residency);
         assert!(b.user >= a.user);
         assert!(b.nmi >= a.nmi);
@@ -234,12 +234,12 @@ mod tests {
     #[test]
     fn interval_percentages_sum_to_100() {
         let mut r = CpuRecord::default();
-        let mut m = Model::new();
-        let f = facts();
+        let mut model = Model::new();
+        let facts = facts();
         unsafe { main_event(&raw mut r.main, 1_000, MainEvent::UserEnter, true) };
-        let a = m.update(snapshot(1_000, "0", &[r]), &f);
+        let a = model.update(snapshot(1_000, "0", &[r]), &facts);
         unsafe { main_event(&raw mut r.main, 4_000, MainEvent::UserExit, true) };
-        let b = m.update(snapshot(5_000, "0", &[r]), &f);
+        let b = model.update(snapshot(5_000, "0", &[r]), &facts);
         let iv = Interval::between(&a, &b);
         let p = iv.cpus[0].pct().unwrap();
         assert!((p.as_array().iter().sum::<f64>() - 100.0).abs() < 1e-9);
@@ -253,18 +253,18 @@ mod tests {
         let mut r0 = CpuRecord::default();
         let mut r1 = CpuRecord::default();
         let r2 = CpuRecord::default();
-        let mut m = Model::new();
-        let f = facts();
+        let mut model = Model::new();
+        let facts = facts();
         unsafe {
             main_event(&raw mut r0.main, 1_000, MainEvent::SysExit, false);
             main_event(&raw mut r1.main, 1_000, MainEvent::UserEnter, true);
         }
-        let a = m.update(snapshot(1_000, "0-1", &[r0, r1, r2]), &f);
+        let a = model.update(snapshot(1_000, "0-1", &[r0, r1, r2]), &facts);
         unsafe {
             main_event(&raw mut r0.main, 3_000, MainEvent::SysEnter, false);
             main_event(&raw mut r1.main, 2_000, MainEvent::UserExit, true);
         }
-        let b = m.update(snapshot(5_000, "0-1", &[r0, r1, r2]), &f);
+        let b = model.update(snapshot(5_000, "0-1", &[r0, r1, r2]), &facts);
         let iv = Interval::between(&a, &b);
         let t = Totals::of(&iv.cpus);
         assert_eq!(t.online, 2, "CPU 2 is offline");

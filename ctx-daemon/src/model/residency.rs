@@ -20,7 +20,7 @@ pub struct ResidencyTrack {
 }
 
 impl ResidencyTrack {
-    /// Folds a reading taken at `read_ns` (CLOCK_MONOTONIC); a stale copy changes nothing.
+    /// Folds a reading taken at `read_ns` (`CLOCK_MONOTONIC`); a stale copy changes nothing.
     pub fn fold(&mut self, reading: Residency, read_ns: u64, stale: bool) -> Residency {
         let raw = reading.as_array();
         if !self.seen {

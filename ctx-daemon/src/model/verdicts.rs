@@ -14,17 +14,18 @@ pub struct VerdictTrack {
 }
 
 impl VerdictTrack {
-    /// The verdict at this sample. Only fresh copies of online CPUs count: a stale copy
-    /// shows the verdict of its own state, without comparing counters.
+    /// The verdict at this sample. Only fresh copies of online CPUs count: an earlier copy
+    /// (`old_copy`, the sweep kept catching the CPU mid-write) shows the verdict of its own
+    /// state, without comparing counters.
     pub fn fold(
         &mut self,
         online: bool,
         state: Option<CpuState>,
         counter: u64,
-        stale: bool,
+        old_copy: bool,
     ) -> Option<Verdict> {
         match (online, state) {
-            (true, Some(s)) if !stale => {
+            (true, Some(s)) if !old_copy => {
                 let v = Verdict::of(self.counter, counter, s);
                 self.samples.count(v);
                 self.counter = Some(counter);

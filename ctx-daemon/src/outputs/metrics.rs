@@ -174,7 +174,7 @@ pub const CATALOGUE: [Def; 23] = [
         |f, c| f.counter(&[("cpu", &c.label)], c.sample.counts.idle_entries as f64),
     ),
     cpu("ctx_cpu_nmis_total", "NMIs handled.", COUNTER, |f, c| {
-        f.counter(&[("cpu", &c.label)], c.sample.counts.nmis as f64)
+        f.counter(&[("cpu", &c.label)], c.sample.counts.nmis as f64);
     }),
     cpu(
         "ctx_cpu_mirror_resyncs_total",
@@ -411,7 +411,7 @@ pub(crate) mod tests {
     use crate::probes::hooks::HookStatus;
     use crate::test_util::{golden, snapshot};
 
-    /// A fixed two-CPU sample: CPU 0 on syscalls, CPU 1 nohz_full in user with one IPI that
+    /// A fixed two-CPU sample: CPU 0 on syscalls, CPU 1 `nohz_full` in user with one IPI that
     /// arrived in user; CPU 2 offline.
     pub(crate) fn fixture() -> (ExportStatic, ExportView) {
         let mut r0 = CpuRecord::default();

@@ -174,18 +174,18 @@ fn dash(s: &str) -> &str {
 
 /// The text table. `tty` enables colour.
 pub fn table(r: &Report, tty: bool) -> String {
-    let f = &r.facts;
+    let facts = &r.facts;
     let mut out = String::new();
     let _ = writeln!(
         out,
         "ctx {} on {} (kernel {}): {:.2} s interval, sampled every {:.0} ms ({} samples), programs {}",
-        f.version,
-        f.host,
-        f.kernel,
+        facts.version,
+        facts.host,
+        facts.kernel,
         r.interval_s,
         r.sample_interval_s * 1e3,
         r.samples,
-        match f.origin {
+        match facts.origin {
             Origin::Pinned => "of the running ctx-daemon (pinned)",
             Origin::Loaded => "loaded by ctxtop",
         }
@@ -193,10 +193,10 @@ pub fn table(r: &Report, tty: bool) -> String {
     let _ = writeln!(
         out,
         "nohz_full: {}  isolated: {}",
-        dash(&f.nohz_full.to_string()),
-        dash(&f.isolated.to_string())
+        dash(&facts.nohz_full.to_string()),
+        dash(&facts.isolated.to_string())
     );
-    let missing: Vec<String> = f.hooks_not_in_use().map(ToString::to_string).collect();
+    let missing: Vec<String> = facts.hooks_not_in_use().map(ToString::to_string).collect();
     if !missing.is_empty() {
         let _ = writeln!(out, "hooks not in use: {}", missing.join("; "));
     }
@@ -217,7 +217,7 @@ pub fn table(r: &Report, tty: bool) -> String {
             _ => ("", ""),
         };
         let p = c.pct();
-        let n = &c.counts;
+        let counts = &c.counts;
         let _ = writeln!(
             out,
             "{:>3} {nohz:<4} {:<17} {on}{:<15}{off} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>6} {:>6}  {:<10} {:>6}",
@@ -228,17 +228,17 @@ pub fn table(r: &Report, tty: bool) -> String {
             opt_pct(p.map(|p| p.kernel)),
             opt_pct(p.map(|p| p.idle)),
             opt_pct(p.map(|p| p.nmi)),
-            n.kernel_entries,
-            n.nmis,
-            n.ipis(),
-            n.avoidable_ipis(),
+            counts.kernel_entries,
+            counts.nmis,
+            counts.ipis(),
+            counts.avoidable_ipis(),
             c.status.verdict.map_or("-", Verdict::as_str),
             opt_pct(c.need_pct()),
         );
     }
-    let t = Totals::of(&r.interval.cpus);
-    let p = t.pct;
-    let n = &t.counts;
+    let all = Totals::of(&r.interval.cpus);
+    let p = all.pct;
+    let counts = &all.counts;
     let _ = writeln!(
         out,
         "ALL {:<4} {:<17} {:<15} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>6} {:>6}  {:<10} {:>6}",
@@ -249,12 +249,12 @@ pub fn table(r: &Report, tty: bool) -> String {
         opt_pct(p.map(|p| p.kernel)),
         opt_pct(p.map(|p| p.idle)),
         opt_pct(p.map(|p| p.nmi)),
-        n.kernel_entries,
-        n.nmis,
-        n.ipis(),
-        n.avoidable_ipis(),
+        counts.kernel_entries,
+        counts.nmis,
+        counts.ipis(),
+        counts.avoidable_ipis(),
         "",
-        opt_pct(t.need_pct()),
+        opt_pct(all.need_pct()),
     );
     out
 }
@@ -269,7 +269,7 @@ mod tests {
     use crate::probes::hooks::HookStatus;
     use crate::test_util::{golden, snapshot};
 
-    /// CPU 0 on syscalls, half user; CPU 1 nohz_full on context tracking, with an IPI that
+    /// CPU 0 on syscalls, half user; CPU 1 `nohz_full` on context tracking, with an IPI that
     /// found it in user; CPU 2 offline.
     fn report() -> Report {
         let mut r0 = CpuRecord::default();

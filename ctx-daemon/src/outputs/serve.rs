@@ -19,7 +19,7 @@ use crate::outputs::metrics::{self, ExportStatic, ExportView};
 pub struct Shared {
     view: Mutex<Arc<ExportView>>,
     pub stat: ExportStatic,
-    /// CLOCK_MONOTONIC of the newest successful sweep.
+    /// `CLOCK_MONOTONIC` of the newest successful sweep.
     last_sample_mono: AtomicU64,
     /// A sweep older than this makes the sampler stale.
     pub max_age_ns: u64,

@@ -259,7 +259,7 @@ fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
 }
 
 /// Tells the syscall programs which CPUs context tracking drives. Written after both roles
-/// attached; until then a nohz_full CPU may count a few syscall transitions, and context
+/// attached; until then a `nohz_full` CPU may count a few syscall transitions, and context
 /// tracking's first event takes the CPU over for good anyway.
 fn write_config(ebpf: &mut Ebpf, ct_cpus: &CpuSet) -> Result<(), LoadError> {
     let mut cfg = Config::default();
@@ -300,7 +300,7 @@ fn write_meta(ebpf: &mut Ebpf, report: &HookReport) -> Result<Meta, LoadError> {
 }
 
 /// The hotplug program logs (a cold path). When this process loaded it, the ring buffer is in
-/// hand; a reused (pinned) program's is found from its id, which takes CAP_SYS_ADMIN.
+/// hand; a reused (pinned) program's is found from its id, which takes `CAP_SYS_ADMIN`.
 fn log_source(ebpf: &mut Ebpf, report: &HookReport, pin: Option<&Path>) -> LogSource {
     let log_hook = "cpuhp_enter";
     match report.status(log_hook) {
@@ -404,7 +404,7 @@ pub enum Baseline {
 }
 
 /// Attaches a baseline program to each raw tracepoint of [`HOOKS`] the kernel has, and
-/// `ctx_empty_switch` to sched_switch.
+/// `ctx_empty_switch` to `sched_switch`.
 pub fn load_baseline(sys: &SysRoot, which: Baseline) -> Result<EmptyProbes, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);

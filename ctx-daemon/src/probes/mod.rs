@@ -136,7 +136,7 @@ pub enum LogSource {
     None,
     /// This process loaded the logging program: its ring buffer, ready to read.
     Reader(Box<aya_log::EbpfLogger<&'static dyn log::Log>>),
-    /// A reused program; opening its ring buffer by program id needs CAP_SYS_ADMIN.
+    /// A reused program; opening its ring buffer by program id needs `CAP_SYS_ADMIN`.
     ProgramId(u32),
 }
 

@@ -50,7 +50,7 @@ pub enum SampleError {
 /// What one sweep read.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
-    /// CLOCK_MONOTONIC before the first map copy.
+    /// `CLOCK_MONOTONIC` before the first map copy.
     pub taken_ns: u64,
     /// Wall time of the map copies, retries included.
     pub sweep_ns: u64,

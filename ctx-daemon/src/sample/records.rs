@@ -2,7 +2,7 @@
 //!
 //! A per-CPU array lookup from user space is one `bpf(BPF_MAP_LOOKUP_ELEM)` syscall in which
 //! the kernel copies each possible CPU's slot with plain loads; no other CPU is asked to do
-//! anything, so no IPI is sent. (Reading a CPU's counters through perf or an smp_call would
+//! anything, so no IPI is sent. (Reading a CPU's counters through perf or an `smp_call` would
 //! interrupt the very CPU being watched.)
 
 use aya::maps::{MapData, PerCpuArray};
@@ -34,7 +34,7 @@ impl<S: RecordSource + ?Sized> RecordSource for &mut S {
     }
 }
 
-/// One CPU's record as copied, with the CLOCK_MONOTONIC time taken just before the copy.
+/// One CPU's record as copied, with the `CLOCK_MONOTONIC` time taken just before the copy.
 #[derive(Clone, Copy, Debug)]
 pub struct CpuRead {
     pub cpu: u32,
@@ -79,7 +79,7 @@ impl<S: RecordSource> RecordReader<S> {
         &self.cpus
     }
 
-    /// Copies every CPU's record; the first copy starts at `t0` (CLOCK_MONOTONIC, read just
+    /// Copies every CPU's record; the first copy starts at `t0` (`CLOCK_MONOTONIC`, read just
     /// before). A record caught mid-write is copied again (a writer holds it for well under a
     /// microsecond); if it stays torn, the previous consistent copy is used and flagged
     /// stale, so a sweep never yields a torn record.
@@ -94,7 +94,9 @@ impl<S: RecordSource> RecordReader<S> {
             });
         }
         let mut read_ns = vec![now; recs.len()];
-        let torn = recs.iter().filter(|r| !r.consistent()).count() as u32;
+        // At most one per possible CPU (8192).
+        let torn =
+            u32::try_from(recs.iter().filter(|r| !r.consistent()).count()).unwrap_or(u32::MAX);
         let mut attempt = 0;
         while attempt < self.retries && recs.iter().any(|r| !r.consistent()) {
             attempt += 1;

@@ -31,6 +31,11 @@ const PANIC_ENV: &str = "CTXTOP_TEST_PANIC";
 
 const MAX_EVENTS_PER_ROUND: usize = 64;
 
+/// Runs the full-screen view until `q`, a quit signal, a hangup or `--count` intervals.
+///
+/// # Panics
+/// On purpose after the first full screen, when `CTXTOP_TEST_PANIC` is set (the
+/// terminal-restore test).
 pub fn run(session: &mut Session, opts: &Options) -> anyhow::Result<()> {
     term::catch_quit_signals().context("installing signal handlers")?;
     let mut state = State::new(
@@ -68,6 +73,7 @@ pub fn run(session: &mut Session, opts: &Options) -> anyhow::Result<()> {
         if dirty {
             terminal.draw(|f| render::render(&state, f.area(), f.buffer_mut()))?;
             dirty = false;
+            #[expect(clippy::manual_assert, reason = "an injected fault, not a check")]
             if inject_panic && state.refreshes > 0 {
                 panic!("{PANIC_ENV} is set: panicking with the screen up");
             }
@@ -89,7 +95,8 @@ pub fn run(session: &mut Session, opts: &Options) -> anyhow::Result<()> {
                             if let Some(a) = keys::map(&k) {
                                 let page = render::page_rows(size.map_or(24, |(_, h)| h));
                                 if state.apply(a, page) == Flow::Quit {
-                                    return finish(terminal, guard);
+                                    finish(terminal, guard);
+                                    return Ok(());
                                 }
                                 dirty = true;
                             }
@@ -131,14 +138,12 @@ pub fn run(session: &mut Session, opts: &Options) -> anyhow::Result<()> {
             }
         }
     }
-    finish(terminal, guard)
+    finish(terminal, guard);
+    Ok(())
 }
 
-fn finish(
-    terminal: Terminal<CrosstermBackend<io::Stdout>>,
-    guard: TerminalGuard,
-) -> anyhow::Result<()> {
+/// Lets go of the terminal before restoring it.
+fn finish(terminal: Terminal<CrosstermBackend<io::Stdout>>, guard: TerminalGuard) {
     drop(terminal);
     drop(guard);
-    Ok(())
 }

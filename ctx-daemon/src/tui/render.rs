@@ -195,10 +195,11 @@ impl Cols {
     }
 }
 
-/// Wide enough for the highest CPU id plus the nohz_full mark, and for "ALL".
+/// Wide enough for the highest CPU id plus the `nohz_full` mark, and for "ALL".
 fn cpu_width(state: &State) -> u16 {
     let max = state.rows.iter().map(CpuRow::cpu).max().unwrap_or(0);
-    (max.to_string().len() as u16 + 1).max(3)
+    // Four digits at most (8191).
+    (narrow(max.to_string().len()) + 1).max(3)
 }
 
 /// Dropped in this order when even the narrow columns do not fit.
@@ -246,7 +247,7 @@ fn columns(width: u16, cpu_w: u16) -> Cols {
     // The trend takes what is left, up to the history kept.
     let spare = width.saturating_sub(used(&list));
     if let Some((_, w)) = list.iter_mut().find(|(c, _)| *c == Col::Trend) {
-        *w = (*w + spare).min(HISTORY as u16);
+        *w = (*w + spare).min(narrow(HISTORY));
     }
     Cols { list, wide }
 }
@@ -293,7 +294,17 @@ fn fmt_rate(x: f64, w: u16) -> String {
         .unwrap_or_else(|| "+".repeat(w.min(1)))
 }
 
+/// A count of cells or lines as a terminal coordinate; terminals stop at 65535 anyway.
+fn narrow(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
 /// Splits `w` cells among the four shares by largest remainder, so the bar is always `w` long.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "each share's cells lie between 0 and `w`"
+)]
 fn bar_cells(p: [f64; 4], w: u16) -> [u16; 4] {
     let total: f64 = p.iter().sum();
     if total <= 0.0 {
@@ -339,6 +350,11 @@ const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'
 
 /// Kernel share per interval on a fixed 0-100 % scale, newest on the right, so that rows
 /// compare at a glance. Any kernel time shows above the floor.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a clamped share scaled to a glyph index, 0 to 7"
+)]
 fn sparkline(hist: &[Option<f64>], w: u16) -> String {
     let w = usize::from(w);
     let tail = &hist[hist.len().saturating_sub(w)..];
@@ -445,7 +461,7 @@ fn all_line(cols: &Cols, t: &AllRow) -> Line<'static> {
         let rate = |f: fn(&Rates) -> f64| num(dash_or(rates.as_ref(), |x| fmt_rate(f(x), w)));
         match c {
             Col::Cpu => vec![Span::raw(pad_right("ALL", w))],
-            Col::State => vec![Span::raw(pad_right("", w))],
+            Col::State | Col::Verdict => vec![Span::raw(pad_right("", w))],
             Col::Bar => bar_spans(shares, w),
             Col::Usr => pct(0),
             Col::Krn => pct(1),
@@ -455,7 +471,6 @@ fn all_line(cols: &Cols, t: &AllRow) -> Line<'static> {
             Col::Nmis => rate(|x| x.nmis),
             Col::Ipis => rate(|x| x.ipis),
             Col::Avoid => rate(|x| x.avoidable_ipis),
-            Col::Verdict => vec![Span::raw(pad_right("", w))],
             Col::Need => num(dash_or(t.totals.need_pct(), |p| fmt_pct(p, w.min(4)))),
             Col::Trend => vec![Span::styled(
                 sparkline(&t.kernel_hist, w),
@@ -476,9 +491,8 @@ fn name(c: Col, w: u16, wide: bool) -> &'static str {
         Col::Usr => "usr",
         Col::Krn => "krn",
         Col::Idl => "idl",
-        Col::Nmi => "nmi",
+        Col::Nmi | Col::Nmis => "nmi",
         Col::Entries => "entry",
-        Col::Nmis => "nmi",
         Col::Ipis => "ipi",
         Col::Avoid => "avoid",
         Col::Verdict if wide => "verdict",
@@ -716,7 +730,7 @@ fn help(state: &State, area: Rect, buf: &mut Buffer) {
         lines.extend(missing.map(|h| Line::raw(format!("  {h}"))));
     }
     let w = area.width.min(76);
-    let h = area.height.min(lines.len() as u16 + 2);
+    let h = area.height.min(narrow(lines.len()) + 2);
     let r = Rect::new(
         area.x + (area.width - w) / 2,
         area.y + (area.height - h) / 2,
@@ -796,7 +810,7 @@ mod tests {
         assert!(!c.wide);
         let c = columns(200, 4);
         assert!(c.wide);
-        assert_eq!(c.width(Col::Trend), Some(HISTORY as u16));
+        assert_eq!(c.width(Col::Trend), Some(narrow(HISTORY)));
         let c = columns(40, 4);
         assert!(c.width(Col::Trend).is_none());
         assert!(c.width(Col::Krn).is_some());

@@ -118,6 +118,7 @@ impl SortKey {
         Self::KernelEntries,
     ];
 
+    #[must_use]
     pub fn next(self) -> Self {
         let i = Self::ALL.iter().position(|k| *k == self).unwrap_or(0);
         Self::ALL[(i + 1) % Self::ALL.len()]
