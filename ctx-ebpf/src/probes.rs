@@ -1,6 +1,10 @@
 //! The programs (compiled for bpfel-unknown-none only).
 
 #![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program attributes pass each program its context by value"
+)]
+#![expect(
     clippy::inline_always,
     reason = "each program stays one straight-line function: no BPF-to-BPF call on the hot \
               path, and the form the verifiers of 6.1 to 7.x accepted"
@@ -146,10 +150,6 @@ pub fn ctx_sys_exit(_ctx: RawTracePointContext) -> u32 {
 /// `power:cpu_idle(state, cpu_id)`, always on the CPU it describes.
 #[raw_tracepoint(tracepoint = "cpu_idle")]
 #[expect(
-    clippy::needless_pass_by_value,
-    reason = "aya's attribute passes the context by value"
-)]
-#[expect(
     clippy::cast_possible_truncation,
     reason = "raw tracepoint arguments are u64 slots; the C int is the low half"
 )]
@@ -171,10 +171,6 @@ pub fn ctx_page_fault_user(_ctx: RawTracePointContext) -> u32 {
 /// `cpuhp:cpuhp_enter(cpu, target, idx, fun)`: hotplug steps; only those running on the CPU
 /// being taken down or brought up matter. Teardown walks states down (target < idx).
 #[raw_tracepoint(tracepoint = "cpuhp_enter")]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "aya's attribute passes the context by value"
-)]
 #[expect(
     clippy::cast_possible_truncation,
     reason = "raw tracepoint arguments are u64 slots; the C int is the low half"
@@ -218,10 +214,6 @@ pub fn ctx_cpuhp_enter(ctx: RawTracePointContext) -> u32 {
 /// thread id) settles it. The frame decides first, so a stale or wrong stored mode can never
 /// stick to a task that keeps running in user mode.
 #[btf_tracepoint(function = "sched_switch")]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "aya's attribute passes the context by value"
-)]
 pub fn ctx_sched_switch(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: globals the loader sets; volatile so the compiler cannot fold them to zero.
     let (regs_off, pid_off) = unsafe {
@@ -292,10 +284,6 @@ fn field<T>(base: *const u8, offset: u32) -> *const T {
 
 /// `nmi:nmi_handler(handler, delta_ns, handled)`: after each NMI handler ran (x86).
 #[raw_tracepoint(tracepoint = "nmi_handler")]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "aya's attribute passes the context by value"
-)]
 pub fn ctx_nmi_handler(ctx: RawTracePointContext) -> u32 {
     let handler: u64 = ctx.arg(0);
     let delta: u64 = ctx.arg(1);

@@ -17,7 +17,7 @@ use prometheus::proto::{
 
 use crate::host::cpuset::CpuSet;
 use crate::model::sweeps::{DURATION_BUCKETS, SweepTotals};
-use crate::model::{CpuSample, Facts, Sample, Samples};
+use crate::model::{Counts, CpuSample, Facts, Sample, Samples};
 
 /// What does not change while the daemon runs.
 #[derive(Clone, Debug, Default)]
@@ -51,8 +51,12 @@ struct Cpu<'a> {
 /// How an entry fills its family.
 #[derive(Clone, Copy)]
 enum Render {
+    /// One unlabelled counter per exported CPU, from its counts.
+    CpuCounter(fn(&Counts) -> u64),
     /// Once per exported CPU, in CPU order.
     Cpu(fn(&mut Family, &Cpu<'_>)),
+    /// One unlabelled counter, from the sweep totals.
+    SweepCounter(fn(&SweepTotals) -> u64),
     /// Once.
     Host(fn(&mut Family, &ExportStatic, &ExportView)),
 }
@@ -77,6 +81,30 @@ const fn cpu(
         help,
         kind,
         render: Render::Cpu(render),
+    }
+}
+
+/// A per-CPU counter read straight from [`Counts`].
+const fn cpu_counter(name: &'static str, help: &'static str, get: fn(&Counts) -> u64) -> Def {
+    Def {
+        name,
+        help,
+        kind: COUNTER,
+        render: Render::CpuCounter(get),
+    }
+}
+
+/// A counter of the sampler's own, read straight from [`SweepTotals`].
+const fn sweep_counter(
+    name: &'static str,
+    help: &'static str,
+    get: fn(&SweepTotals) -> u64,
+) -> Def {
+    Def {
+        name,
+        help,
+        kind: COUNTER,
+        render: Render::SweepCounter(get),
     }
 }
 
@@ -149,38 +177,29 @@ pub const CATALOGUE: [Def; 23] = [
             }
         },
     ),
-    cpu(
+    cpu_counter(
         "ctx_cpu_kernel_entries_total",
         "User to kernel transitions (every entry where context tracking drives the CPU; syscalls otherwise).",
-        COUNTER,
-        |f, c| f.counter(&[("cpu", &c.label)], c.sample.counts.kernel_entries as f64),
+        |c| c.kernel_entries,
     ),
-    cpu(
-        "ctx_cpu_syscalls_total",
-        "Syscalls entered.",
-        COUNTER,
-        |f, c| f.counter(&[("cpu", &c.label)], c.sample.counts.syscalls as f64),
-    ),
-    cpu(
+    cpu_counter("ctx_cpu_syscalls_total", "Syscalls entered.", |c| {
+        c.syscalls
+    }),
+    cpu_counter(
         "ctx_cpu_page_faults_total",
         "Page faults taken in user mode.",
-        COUNTER,
-        |f, c| f.counter(&[("cpu", &c.label)], c.sample.counts.page_faults as f64),
+        |c| c.page_faults,
     ),
-    cpu(
+    cpu_counter(
         "ctx_cpu_idle_entries_total",
         "Entries into the idle loop.",
-        COUNTER,
-        |f, c| f.counter(&[("cpu", &c.label)], c.sample.counts.idle_entries as f64),
+        |c| c.idle_entries,
     ),
-    cpu("ctx_cpu_nmis_total", "NMIs handled.", COUNTER, |f, c| {
-        f.counter(&[("cpu", &c.label)], c.sample.counts.nmis as f64);
-    }),
-    cpu(
+    cpu_counter("ctx_cpu_nmis_total", "NMIs handled.", |c| c.nmis),
+    cpu_counter(
         "ctx_cpu_mirror_resyncs_total",
         "Events that contradicted the mirrored mode (a transition no hook reported); the mirror followed the event.",
-        COUNTER,
-        |f, c| f.counter(&[("cpu", &c.label)], c.sample.counts.resyncs as f64),
+        |c| c.resyncs,
     ),
     cpu(
         "ctx_cpu_ipis_received_total",
@@ -246,29 +265,21 @@ pub const CATALOGUE: [Def; 23] = [
         HISTOGRAM,
         |f, _, v| f.histogram(&v.totals),
     ),
-    host(
-        "ctx_sweeps_total",
-        "Sweeps over all CPUs.",
-        COUNTER,
-        |f, _, v| f.counter(&[], v.totals.sweeps as f64),
-    ),
-    host(
+    sweep_counter("ctx_sweeps_total", "Sweeps over all CPUs.", |t| t.sweeps),
+    sweep_counter(
         "ctx_sample_torn_total",
         "Per-CPU records copied while their CPU was writing them, and copied again.",
-        COUNTER,
-        |f, _, v| f.counter(&[], v.totals.torn as f64),
+        |t| t.torn,
     ),
-    host(
+    sweep_counter(
         "ctx_sample_stale_total",
         "Per-CPU records still mid-write after every retry; the previous consistent copy was used.",
-        COUNTER,
-        |f, _, v| f.counter(&[], v.totals.stale as f64),
+        |t| t.stale,
     ),
-    host(
+    sweep_counter(
         "ctx_sample_errors_total",
         "Sweeps that failed to read the per-CPU map.",
-        COUNTER,
-        |f, _, v| f.counter(&[], v.totals.errors as f64),
+        |t| t.errors,
     ),
     host(
         "ctx_last_sample_timestamp_seconds",
@@ -388,7 +399,11 @@ pub fn families(st: &ExportStatic, v: &ExportView) -> Vec<MetricFamily> {
         .map(|d| {
             let mut f = Family::new(d);
             match d.render {
+                Render::CpuCounter(get) => cpus.iter().for_each(|c| {
+                    f.counter(&[("cpu", &c.label)], get(&c.sample.counts) as f64);
+                }),
                 Render::Cpu(render) => cpus.iter().for_each(|c| render(&mut f, c)),
+                Render::SweepCounter(get) => f.counter(&[], get(&v.totals) as f64),
                 Render::Host(render) => render(&mut f, st, v),
             }
             f.0

@@ -7,7 +7,9 @@ use ctx_common::{Arrival, CpuState, IrqKind, Verdict};
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
-use crate::model::{CpuInterval, Facts, Interval, Irqs, Origin, Sample, Samples, Totals};
+use crate::model::{
+    Counts, CpuInterval, Facts, Interval, Irqs, Origin, Sample, Samples, Shares, Totals,
+};
 
 /// One interval with what is printed above it.
 #[derive(Clone, Debug)]
@@ -216,47 +218,44 @@ pub fn table(r: &Report, tty: bool) -> String {
             Some(s) if tty => (colour(s), "\x1b[0m"),
             _ => ("", ""),
         };
-        let p = c.pct();
-        let counts = &c.counts;
         let _ = writeln!(
             out,
-            "{:>3} {nohz:<4} {:<17} {on}{:<15}{off} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>6} {:>6}  {:<10} {:>6}",
+            "{:>3} {nohz:<4} {:<17} {on}{:<15}{off} {}  {:<10} {:>6}",
             c.facts.cpu,
             c.facts.source.as_str(),
             state.map_or("-", CpuState::as_str),
-            opt_pct(p.map(|p| p.user)),
-            opt_pct(p.map(|p| p.kernel)),
-            opt_pct(p.map(|p| p.idle)),
-            opt_pct(p.map(|p| p.nmi)),
-            counts.kernel_entries,
-            counts.nmis,
-            counts.ipis(),
-            counts.avoidable_ipis(),
+            figures(c.pct(), &c.counts),
             c.status.verdict.map_or("-", Verdict::as_str),
             opt_pct(c.need_pct()),
         );
     }
     let all = Totals::of(&r.interval.cpus);
-    let p = all.pct;
-    let counts = &all.counts;
     let _ = writeln!(
         out,
-        "ALL {:<4} {:<17} {:<15} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>6} {:>6}  {:<10} {:>6}",
+        "ALL {:<4} {:<17} {:<15} {}  {:<10} {:>6}",
         "",
         "",
         "",
-        opt_pct(p.map(|p| p.user)),
-        opt_pct(p.map(|p| p.kernel)),
-        opt_pct(p.map(|p| p.idle)),
-        opt_pct(p.map(|p| p.nmi)),
-        counts.kernel_entries,
-        counts.nmis,
-        counts.ipis(),
-        counts.avoidable_ipis(),
+        figures(all.pct, &all.counts),
         "",
         opt_pct(all.need_pct()),
     );
     out
+}
+
+/// The share and count columns, alike in a CPU's row and the ALL row.
+fn figures(p: Option<Shares>, n: &Counts) -> String {
+    format!(
+        "{:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>6} {:>6}",
+        opt_pct(p.map(|p| p.user)),
+        opt_pct(p.map(|p| p.kernel)),
+        opt_pct(p.map(|p| p.idle)),
+        opt_pct(p.map(|p| p.nmi)),
+        n.kernel_entries,
+        n.nmis,
+        n.ipis(),
+        n.avoidable_ipis(),
+    )
 }
 
 #[cfg(test)]
