@@ -21,6 +21,7 @@ pub mod host;
 /// The pipeline of stages 1-3 as both binaries open and run it.
 pub mod session;
 
+/// Helpers for the unit tests: golden files, printed errors, snapshots.
 #[cfg(test)]
 mod test_util;
 

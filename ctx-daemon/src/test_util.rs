@@ -2,16 +2,12 @@
 
 use std::error::Error;
 
-/// The error as `{e:#}` prints it (each cause after `": "`, as anyhow does at the binaries'
-/// edge), after checking that no message repeats one of its causes: a message that holds
-/// `{source}` while also marking it `#[source]` would print the cause twice.
-pub fn assert_causes_print_once(e: &(dyn Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        parts.push(c.to_string());
-        cause = c.source();
-    }
+/// The error as `{e:#}` prints it at the binaries' edge (anyhow: each cause after `": "`),
+/// after checking that no message repeats one of its causes: a message that holds `{source}`
+/// while also marking it `#[source]` would print the cause twice.
+pub fn printed_once<E: Error + Send + Sync + 'static>(e: E) -> String {
+    let e = anyhow::Error::new(e);
+    let parts: Vec<String> = e.chain().map(ToString::to_string).collect();
     for (i, outer) in parts.iter().enumerate() {
         for inner in &parts[i + 1..] {
             assert!(
@@ -20,7 +16,7 @@ pub fn assert_causes_print_once(e: &(dyn Error + 'static)) -> String {
             );
         }
     }
-    parts.join(": ")
+    format!("{e:#}")
 }
 
 /// A sweep that read `records` (CPU `i` in slot `i`) at `t`, with `online` online.

@@ -193,7 +193,7 @@ mod tests {
     fn errors_print_each_cause_once() {
         let p = Path::new("/nonexistent/ctx.toml");
         let e = read_file(p, true).unwrap_err();
-        let shown = crate::test_util::assert_causes_print_once(&e);
+        let shown = crate::test_util::printed_once(e);
         assert_eq!(
             shown.matches("os error 2").count(),
             1,
@@ -201,9 +201,9 @@ mod tests {
         );
         assert!(shown.contains("--config"), "{shown}");
         let e = parse_file("lisen = 1", p).unwrap_err();
-        crate::test_util::assert_causes_print_once(&e);
+        crate::test_util::printed_once(e);
         let f = parse_file("cpus = \"x\"", p).unwrap();
         let e = resolve(&FlagConfig::default(), Some(&f), p).unwrap_err();
-        crate::test_util::assert_causes_print_once(&e);
+        crate::test_util::printed_once(e);
     }
 }

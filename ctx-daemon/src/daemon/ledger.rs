@@ -137,7 +137,7 @@ mod tests {
             what: "writing",
             source: aya::maps::MapError::KeyNotFound,
         };
-        let shown = crate::test_util::assert_causes_print_once(&e);
+        let shown = crate::test_util::printed_once(e);
         assert!(
             shown.contains("CTX_LEDGER") && shown.contains("--detach"),
             "{shown}"

@@ -241,7 +241,7 @@ mod tests {
         let e = KernelBtf::load(Path::new("/nonexistent/vmlinux"))
             .err()
             .expect("no such file");
-        let shown = crate::test_util::assert_causes_print_once(&e);
+        let shown = crate::test_util::printed_once(e);
         assert!(
             shown.contains("/nonexistent/vmlinux") && shown.contains("CONFIG_DEBUG_INFO_BTF"),
             "{shown}"

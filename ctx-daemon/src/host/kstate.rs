@@ -233,7 +233,7 @@ mod tests {
         let e = KernelCtReader::open(Path::new("/nonexistent-proc"), layout(0), 1)
             .err()
             .expect("no /nonexistent-proc/kallsyms");
-        let shown = crate::test_util::assert_causes_print_once(&e);
+        let shown = crate::test_util::printed_once(e);
         assert!(
             shown.contains("/proc/kallsyms") && shown.contains("No such file"),
             "{shown}"
@@ -242,7 +242,7 @@ mod tests {
             KstateError::Symbol("context_tracking"),
             KstateError::Kcore("address 0x1 not in any segment".into()),
         ] {
-            crate::test_util::assert_causes_print_once(&e);
+            crate::test_util::printed_once(e);
         }
     }
 

@@ -198,7 +198,7 @@ pub fn is_tty(fd: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::assert_causes_print_once;
+    use crate::test_util::printed_once;
 
     #[test]
     fn caps() {
@@ -224,14 +224,14 @@ mod tests {
         let bad = sys.possible().unwrap_err();
         let no_field = sys.effective_caps().unwrap_err();
         fs::remove_dir_all(&root).unwrap();
-        let missing = assert_causes_print_once(&missing);
+        let missing = printed_once(missing);
         assert!(
             missing.contains("cpu/online") && missing.contains("No such file"),
             "{missing}"
         );
-        let bad = assert_causes_print_once(&bad);
+        let bad = printed_once(bad);
         assert!(bad.contains("cpu/possible") && bad.contains("0-x"), "{bad}");
-        let no_field = assert_causes_print_once(&no_field);
+        let no_field = printed_once(no_field);
         assert!(no_field.contains("CapEff"), "{no_field}");
     }
 }

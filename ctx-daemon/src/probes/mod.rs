@@ -179,7 +179,7 @@ fn check_caps(sys: &SysRoot) -> Result<(), LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::assert_causes_print_once;
+    use crate::test_util::printed_once;
 
     #[test]
     fn map_errors_name_the_map_what_failed_and_the_fix() {
@@ -189,7 +189,7 @@ mod tests {
             expected: 8,
         };
         let pinned = map_err("CTX_META", MapStep::Type, Some(dir))(source());
-        let shown = assert_causes_print_once(&pinned);
+        let shown = printed_once(pinned);
         assert!(
             shown.contains("CTX_META")
                 && shown.contains("--detach --pin-dir /sys/fs/bpf/ctx")
@@ -197,13 +197,13 @@ mod tests {
             "{shown}"
         );
         let own = map_err("CTX_CPU", MapStep::Type, None)(source());
-        let shown = assert_causes_print_once(&own);
+        let shown = printed_once(own);
         assert!(
             shown.contains("CTX_CPU") && shown.contains("rebuild"),
             "{shown}"
         );
         let read = map_err("CTX_CONFIG", MapStep::Read, None)(MapError::KeyNotFound);
-        let shown = assert_causes_print_once(&read);
+        let shown = printed_once(read);
         assert!(
             shown.contains("reading map CTX_CONFIG") && shown.contains("restart"),
             "{shown}"
@@ -224,7 +224,7 @@ mod tests {
                 },
             },
         ] {
-            assert_causes_print_once(&e);
+            printed_once(e);
         }
     }
 }

@@ -223,14 +223,14 @@ pub fn detach(dir: &Path) -> Result<DetachReport, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::assert_causes_print_once;
+    use crate::test_util::printed_once;
 
     #[test]
     fn a_pin_dir_off_bpffs_is_refused_with_the_fix() {
         let dir = std::env::temp_dir().join(format!("ctx-pins-{}", std::process::id()));
         let e = prepare_pin_dir(&dir).unwrap_err();
         let _ = fs::remove_dir_all(&dir);
-        let shown = assert_causes_print_once(&e);
+        let shown = printed_once(e);
         assert!(shown.contains("under /sys/fs/bpf"), "{shown}");
     }
 }

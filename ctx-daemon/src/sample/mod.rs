@@ -91,3 +91,27 @@ impl<S: RecordSource> Sampler<S> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::printed_once;
+
+    #[test]
+    fn errors_name_the_map_and_print_each_cause_once() {
+        let shown = printed_once(SampleError::Read {
+            map: "CTX_CPU",
+            source: aya::maps::MapError::KeyNotFound,
+        });
+        assert!(
+            shown.contains("CTX_CPU") && shown.contains("restart"),
+            "{shown}"
+        );
+        let shown = printed_once(SampleError::Shape {
+            map: "CTX_CPU",
+            got: 1,
+            want: 2,
+        });
+        assert!(shown.contains("1 slots for 2"), "{shown}");
+    }
+}
