@@ -1,4 +1,4 @@
-//! Builds the eBPF object (ctx-ebpf) for the bpfel target and leaves it in OUT_DIR/ctx.
+//! Builds the eBPF object (ctx-ebpf) for the bpfel target and leaves it in `OUT_DIR/ctx`.
 
 use std::path::PathBuf;
 use std::{env, fs};

@@ -13,6 +13,12 @@
 //! Every move of the counter happens at a point where the CPU executes a full barrier, so a
 //! counter that differs from an earlier reading proves the CPU passed one since.
 
+#![expect(
+    clippy::inline_always,
+    reason = "compiled into every eBPF program, which stays one straight-line function: no \
+              BPF-to-BPF call on the hot path, and the form the verifiers of 6.1 to 7.x accepted"
+)]
+
 /// Added on user enter and on user exit.
 pub const USER_STEP: u64 = 2;
 /// Added on NMI enter.

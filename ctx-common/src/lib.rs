@@ -1,9 +1,11 @@
-//! Shared by ctx's eBPF programs and its user space: the seed encoding, the per-CPU record, and
-//! the transitions the programs apply to it. One definition for both sides.
+//! Shared by ctx's eBPF programs and its user space: the seed encoding, the per-CPU record, the
+//! transitions the programs apply to it, and the object's maps and hooks by name. One
+//! definition for both sides.
 #![no_std]
 
 pub mod arrival;
 pub mod encoding;
+pub mod programs;
 pub mod record;
 pub mod writer;
 

@@ -29,7 +29,7 @@ pub const ABI_VERSION: u32 = 1;
 /// "ctx\0rec\0" as little-endian bytes: marks a [`Meta`] written by ctx.
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"ctx\0rec\0");
 
-/// Upper bound of CPUs the eBPF side has a bitmap for (Linux's NR_CPUS maximum is 8192).
+/// Upper bound of CPUs the eBPF side has a bitmap for (Linux's `NR_CPUS` maximum is 8192).
 pub const MAX_CPUS: usize = 8192;
 pub const CPU_MASK_WORDS: usize = MAX_CPUS / 64;
 
@@ -251,9 +251,9 @@ pub struct Meta {
     pub abi: u32,
     /// Bit `h` set: hook `h` (an index into the loader's hook table) is attached.
     pub hooks_attached: u32,
-    /// CLOCK_REALTIME ns when the programs were attached.
+    /// `CLOCK_REALTIME` ns when the programs were attached.
     pub attached_at_ns: u64,
-    /// CLOCK_MONOTONIC ns at the same moment.
+    /// `CLOCK_MONOTONIC` ns at the same moment.
     pub attached_mono_ns: u64,
     /// Process that attached.
     pub attached_by_pid: u32,
@@ -300,6 +300,10 @@ pub struct Ledger {
     pub words: [u64; 8],
 }
 
+/// Entries of the ledger map past the per-CPU ones (the sampler's totals and its sweep
+/// histogram); the loader sizes the map to the possible CPUs plus these.
+pub const LEDGER_GLOBAL_ENTRIES: u32 = 2;
+
 const _: () = {
     assert!(core::mem::size_of::<Config>() == MAX_CPUS / 8);
     assert!(core::mem::size_of::<Ledger>() == CACHE_LINE);
@@ -334,6 +338,11 @@ impl MainPart {
 
     /// The slot the open interval belongs to.
     #[inline(always)]
+    #[expect(
+        clippy::inline_always,
+        reason = "compiled into every eBPF program, which stays one straight-line function: no \
+                  BPF-to-BPF call on the hot path, and the form the verifiers of 6.1 to 7.x accepted"
+    )]
     pub const fn slot(counter: u64, idle: bool) -> usize {
         if idle {
             SLOT_IDLE
@@ -398,7 +407,7 @@ impl CpuRecord {
         self.main.last_ts != 0
     }
 
-    /// Residency up to `now` (CLOCK_MONOTONIC ns, the clock of `bpf_ktime_get_ns`): closed
+    /// Residency up to `now` (`CLOCK_MONOTONIC` ns, the clock of `bpf_ktime_get_ns`): closed
     /// intervals plus the one still open, with NMI time moved out of the state it interrupted.
     ///
     /// Read `now` *before* copying the record: then the open interval never extends past a
@@ -415,7 +424,8 @@ impl CpuRecord {
         let mut nmi = n.ns_total;
         if n.in_nmi() {
             let open = now.saturating_sub(n.enter_ts);
-            let slot = (n.enter_slot as usize).min(MAIN_SLOTS - 1);
+            let slot =
+                usize::try_from(n.enter_slot).map_or(MAIN_SLOTS - 1, |s| s.min(MAIN_SLOTS - 1));
             from[slot] = from[slot].saturating_add(open);
             nmi = nmi.saturating_add(open);
         }

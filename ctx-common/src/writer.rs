@@ -7,6 +7,12 @@
 //!
 //! Everything here is branch-light and loop-free so that the 6.1 verifier accepts it.
 
+#![expect(
+    clippy::inline_always,
+    reason = "compiled into every eBPF program, which stays one straight-line function: no \
+              BPF-to-BPF call on the hot path, and the form the verifiers of 6.1 to 7.x accepted"
+)]
+
 use core::ptr::{read_volatile, write_volatile};
 
 use crate::arrival::arrival;
@@ -160,8 +166,8 @@ pub unsafe fn main_event(m: *mut MainPart, now: u64, ev: MainEvent, ct_cpu: bool
 /// time between states: on a context-tracking CPU, syscall and fault events only count, and
 /// skipping the clock there saves a helper call on the isolated CPU's hottest path.
 ///
-/// `ct_cpu`: context tracking is known to drive this CPU (it is nohz_full and the
-/// context_tracking hooks are attached), so syscall events must not move its state.
+/// `ct_cpu`: context tracking is known to drive this CPU (it is `nohz_full` and the
+/// `context_tracking` hooks are attached), so syscall events must not move its state.
 ///
 /// # Safety
 /// `m` points to the current CPU's `MainPart`, and the caller runs in main context (task
@@ -265,6 +271,10 @@ unsafe fn interrupted_slot(m: *const MainPart) -> u64 {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a slot index (0-2) kept in a u64 word; ctx builds for 64-bit targets only"
+)]
 unsafe fn add_nmi_time(n: *mut NmiPart, slot: u64, d: u64) {
     // SAFETY: `n` is a live NmiPart.
     unsafe {
@@ -370,7 +380,11 @@ pub unsafe fn nmi_handler_ran(
 ) {
     // SAFETY: caller contract.
     unsafe {
-        let d = if delta_ns > 0 { delta_ns as u64 } else { 0 };
+        let d = if delta_ns > 0 {
+            delta_ns.cast_unsigned()
+        } else {
+            0
+        };
         let new = nmi_group(n, handler, now, d);
         let gen_ = rd(&raw const (*n).seq_end).wrapping_add(1);
         wr(&raw mut (*n).seq_begin, gen_);

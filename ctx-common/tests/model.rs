@@ -206,7 +206,7 @@ proptest! {
             now += gap;
             for h in 0..handlers {
                 now += d;
-                unsafe { nmi_handler_ran(&raw mut rec.nmi, &raw const rec.main, now, 0xffff_0000 + h as u64, *d as i64) };
+                unsafe { nmi_handler_ran(&raw mut rec.nmi, &raw const rec.main, now, 0xffff_0000 + h as u64, (*d).cast_signed()) };
                 total += d;
                 now += 50; // the tracepoint and the loop before the next handler
             }
@@ -292,8 +292,8 @@ fn ipi_arrival_after_user_exit_reads_user() {
     assert_eq!(rec.main.kernel_entries, 2);
 }
 
-/// Fallback CPU, two tasks: A blocks in read(), B was preempted in user mode and resumes there
-/// without a sys_exit. The switch keeps B's time out of kernel.
+/// Fallback CPU, two tasks: A blocks in `read()`, B was preempted in user mode and resumes there
+/// without a `sys_exit`. The switch keeps B's time out of kernel.
 #[test]
 fn fallback_follows_context_switches() {
     let mut rec = CpuRecord::default();
@@ -319,7 +319,7 @@ fn fallback_follows_context_switches() {
     assert_eq!(ct.state(), CpuState::Kernel);
 }
 
-/// A context switch claims a pending user_exit: an interrupt in the next task arrived in kernel.
+/// A context switch claims a pending `user_exit`: an interrupt in the next task arrived in kernel.
 #[test]
 fn switch_claims_a_pending_user_exit() {
     let mut rec = CpuRecord::default();

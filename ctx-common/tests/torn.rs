@@ -74,12 +74,12 @@ fn accepted_copies_are_never_torn() {
         assert_eq!(sum, m.last_ts - (T0 + 1), "torn copy accepted: {m:?}");
         assert_eq!(
             m.counter,
-            2 * (m.event_seq as u64 - 1) + 2,
+            2 * (u64::from(m.event_seq) - 1) + 2,
             "torn copy accepted: {m:?}"
         );
         assert_eq!(
             m.kernel_entries,
-            (m.event_seq as u64) / 2,
+            u64::from(m.event_seq) / 2,
             "torn copy accepted: {m:?}"
         );
     }

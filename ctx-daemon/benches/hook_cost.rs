@@ -1,6 +1,6 @@
 //! What ctx costs the CPUs it watches, and what watching costs the housekeeping CPU.
 //!
-//! 1. ns added per getpid() round trip on a pinned CPU, in four cases: nothing attached, an
+//! 1. ns added per `getpid()` round trip on a pinned CPU, in four cases: nothing attached, an
 //!    empty program on every hook ctx uses, a program that only reads the clock on the same
 //!    hooks, and ctx's programs. Rounds interleave the cases (in rotating order) so drift hits
 //!    all alike; the median of the rounds is reported.
@@ -17,9 +17,9 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use ctx::loader::{self, Baseline, LoadOptions};
+use ctx::host::system::SysRoot;
+use ctx::probes::attach::{self, Baseline, LoadOptions};
 use ctx::session::{Attach, Session};
-use ctx::system::SysRoot;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
@@ -45,7 +45,7 @@ fn pin(cpu: u32) -> anyhow::Result<()> {
     let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu as usize, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
     };
     if rc != 0 {
         bail!(
@@ -71,14 +71,22 @@ fn median(v: &mut [f64]) -> f64 {
     if n % 2 == 1 {
         v[n / 2]
     } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
     }
 }
 
+/// The nearest-rank percentile `p` (0-1) of `v`.
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
+    let last = v.len() - 1;
+    // `p` in 0-1 keeps the rank in 0..=last.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a rank between 0 and the last index"
+    )]
+    let i = (last as f64 * p).round() as usize;
+    v[i.min(last)]
 }
 
 fn arg(name: &str) -> Option<String> {
@@ -208,30 +216,34 @@ fn daemon_steady_state() -> anyhow::Result<Daemon> {
     result
 }
 
-fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes --bench; ignore anything we do not know.
-    let rounds: usize = arg("--rounds").map_or(Ok(7), |v| v.parse())?;
-    let calls: u64 = arg("--calls").map_or(Ok(2_000_000), |v| v.parse())?;
-    if rounds < 5 {
-        bail!("--rounds must be at least 5 (the median of fewer says little)");
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark loads eBPF programs: run it as root");
-    }
-    let sys = SysRoot::default();
-    let online = sys.online()?;
-    let cpu = online.max().context("no online CPU")?;
-    pin(cpu)?;
+/// Per case, ns per `getpid()` in each round.
+struct HookCost {
+    cpu: u32,
+    rounds: usize,
+    calls: u64,
+    results: Vec<Vec<f64>>,
+    /// Medians, by case.
+    med: [f64; 4],
+    empty_hooks: Vec<&'static str>,
+    ctx_hooks: String,
+}
 
-    let cases = [Case::Nothing, Case::Empty, Case::Clock, Case::Ctx];
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+const CASES: [Case; 4] = [Case::Nothing, Case::Empty, Case::Clock, Case::Ctx];
+
+impl HookCost {
+    fn added(&self, case: Case) -> f64 {
+        self.med[case as usize] - self.med[Case::Nothing as usize]
+    }
+}
+
+fn hook_cost(sys: &SysRoot, cpu: u32, rounds: usize, calls: u64) -> anyhow::Result<HookCost> {
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); CASES.len()];
     let mut empty_hooks = Vec::new();
     let mut ctx_hooks = String::new();
     for r in 0..rounds {
-        for k in 0..cases.len() {
-            let i = (r + k) % cases.len();
-            let case = cases[i];
+        for k in 0..CASES.len() {
+            let i = (r + k) % CASES.len();
+            let case = CASES[i];
             let _empty;
             let _ctx;
             match case {
@@ -242,18 +254,18 @@ fn main() -> anyhow::Result<()> {
                     } else {
                         Baseline::Clock
                     };
-                    let e = loader::load_baseline(&sys, which)
+                    let e = attach::load_baseline(sys, which)
                         .context("attaching the baseline programs")?;
-                    empty_hooks = e.attached.clone();
+                    empty_hooks.clone_from(&e.attached);
                     _empty = e;
                 }
                 Case::Ctx => {
-                    let p = loader::load(&LoadOptions {
+                    let p = attach::load(&LoadOptions {
                         pin_dir: None,
                         sys: sys.clone(),
                     })
                     .context("attaching ctx's programs")?;
-                    ctx_hooks = p.hooks_summary();
+                    ctx_hooks = p.hooks.summary();
                     _ctx = p;
                 }
             }
@@ -263,48 +275,69 @@ fn main() -> anyhow::Result<()> {
         eprintln!("round {}/{rounds} done", r + 1);
     }
     let mut med = [0.0; 4];
-    for (i, r) in results.iter_mut().enumerate() {
-        med[i] = median(r);
+    for (m, r) in med.iter_mut().zip(&mut results) {
+        *m = median(r);
     }
-    let added_empty = med[1] - med[0];
-    let added_clock = med[2] - med[0];
-    let added_ctx = med[3] - med[0];
-    let ratio = added_ctx / added_empty;
-    let ratio_clock = added_ctx / added_clock;
+    Ok(HookCost {
+        cpu,
+        rounds,
+        calls,
+        results,
+        med,
+        empty_hooks,
+        ctx_hooks,
+    })
+}
 
-    // Sampler sweeps, with ctx attached.
+/// Sweeps with ctx attached.
+struct SamplerCost {
+    possible: usize,
+    sweep_med_us: f64,
+    sweep_p99_us: f64,
+    rss_kib: u64,
+}
+
+fn sampler_cost(sys: &SysRoot) -> anyhow::Result<SamplerCost> {
     let mut s = Session::open(&Attach::Standalone, sys.clone())?;
     let mut sweeps = Vec::new();
     for _ in 0..2000 {
         let snap = s.sampler.sweep()?;
         sweeps.push(snap.sweep_ns as f64);
     }
-    let possible = s.possible.len();
-    let sweep_med = median(&mut sweeps.clone()) / 1e3;
-    let sweep_p99 = percentile(&mut sweeps, 0.99) / 1e3;
-    let rss = rss_kib();
+    Ok(SamplerCost {
+        possible: s.possible.len(),
+        sweep_med_us: median(&mut sweeps.clone()) / 1e3,
+        sweep_p99_us: percentile(&mut sweeps, 0.99) / 1e3,
+        rss_kib: rss_kib(),
+    })
+}
 
-    drop(s);
-    let daemon = daemon_steady_state()?;
-
-    let mut out = String::new();
-    writeln!(out, "## getpid() round trip on CPU {cpu}")?;
+fn write_hooks(out: &mut String, h: &HookCost) -> std::fmt::Result {
+    let (added_empty, added_clock, added_ctx) = (
+        h.added(Case::Empty),
+        h.added(Case::Clock),
+        h.added(Case::Ctx),
+    );
+    let ratio = added_ctx / added_empty;
+    let ratio_clock = added_ctx / added_clock;
+    writeln!(out, "## getpid() round trip on CPU {}", h.cpu)?;
     writeln!(out)?;
     writeln!(
         out,
-        "Median of {rounds} interleaved rounds of {calls} calls each; ns per call."
+        "Median of {} interleaved rounds of {} calls each; ns per call.",
+        h.rounds, h.calls
     )?;
     writeln!(out)?;
     writeln!(out, "| case | ns/call | added ns | rounds (ns/call) |")?;
     writeln!(out, "|---|---:|---:|---|")?;
-    for (i, c) in cases.iter().enumerate() {
-        let rs: Vec<String> = results[i].iter().map(|x| format!("{x:.1}")).collect();
+    for (i, c) in CASES.iter().enumerate() {
+        let rs: Vec<String> = h.results[i].iter().map(|x| format!("{x:.1}")).collect();
         writeln!(
             out,
             "| {} | {:.1} | {:.1} | {} |",
             c.label(),
-            med[i],
-            med[i] - med[0],
+            h.med[i],
+            h.added(*c),
             rs.join(" ")
         )?;
     }
@@ -320,30 +353,35 @@ fn main() -> anyhow::Result<()> {
         "Reading the clock alone (`bpf_ktime_get_ns`, which residency needs at every transition) adds {added_clock:.1} ns; ctx adds {ratio_clock:.2}× that."
     )?;
     writeln!(out)?;
-    writeln!(out, "Baseline programs on: {}.", empty_hooks.join(", "))?;
+    writeln!(out, "Baseline programs on: {}.", h.empty_hooks.join(", "))?;
     writeln!(out)?;
-    writeln!(out, "ctx hooks: {ctx_hooks}.")?;
-    writeln!(out)?;
+    writeln!(out, "ctx hooks: {}.", h.ctx_hooks)?;
+    writeln!(out)
+}
+
+fn write_sampler(out: &mut String, s: &SamplerCost, d: &Daemon) -> std::fmt::Result {
+    let record = size_of::<ctx_common::CpuRecord>();
     writeln!(out, "## Sampler")?;
     writeln!(out)?;
     writeln!(out, "| measure | value |")?;
     writeln!(out, "|---|---:|")?;
     writeln!(
         out,
-        "| sweep over {possible} possible CPUs, median | {sweep_med:.1} µs |"
+        "| sweep over {} possible CPUs, median | {:.1} µs |",
+        s.possible, s.sweep_med_us
     )?;
-    writeln!(out, "| sweep, p99 of 2000 | {sweep_p99:.1} µs |")?;
-    writeln!(
-        out,
-        "| kernel memory per CPU (one record) | {} B |",
-        size_of::<ctx_common::CpuRecord>()
-    )?;
+    writeln!(out, "| sweep, p99 of 2000 | {:.1} µs |", s.sweep_p99_us)?;
+    writeln!(out, "| kernel memory per CPU (one record) | {record} B |")?;
     writeln!(
         out,
         "| bytes copied per sweep | {} B |",
-        size_of::<ctx_common::CpuRecord>() * possible
+        record * s.possible
     )?;
-    writeln!(out, "| benchmark process RSS after sampling | {rss} KiB |")?;
+    writeln!(
+        out,
+        "| benchmark process RSS after sampling | {} KiB |",
+        s.rss_kib
+    )?;
     writeln!(out)?;
     writeln!(out, "## ctx-daemon at its defaults (10 ms sampling)")?;
     writeln!(out)?;
@@ -352,27 +390,26 @@ fn main() -> anyhow::Result<()> {
     writeln!(
         out,
         "| CPU time over {:.0} s of steady state | {:.2} % of one CPU |",
-        daemon.window_s, daemon.cpu_pct
+        d.window_s, d.cpu_pct
     )?;
-    writeln!(
-        out,
-        "| resident memory, steady state | {} KiB |",
-        daemon.rss_kib
-    )?;
+    writeln!(out, "| resident memory, steady state | {} KiB |", d.rss_kib)?;
     writeln!(
         out,
         "| resident memory, peak (BTF parsed at start) | {} KiB |",
-        daemon.hwm_kib
+        d.hwm_kib
     )?;
     writeln!(
         out,
         "| GET /metrics, median of 100 ({} bytes) | {:.0} µs |",
-        daemon.scrape_bytes, daemon.scrape_us
+        d.scrape_bytes, d.scrape_us
     )?;
-    writeln!(out)?;
+    writeln!(out)
+}
+
+fn write_machine(out: &mut String, sys: &SysRoot, online: usize) -> std::fmt::Result {
     writeln!(out, "## Machine")?;
     writeln!(out)?;
-    writeln!(out, "- CPU: {} ({} online)", cpu_model(), online.len())?;
+    writeln!(out, "- CPU: {} ({online} online)", cpu_model())?;
     writeln!(out, "- kernel: {}", sys.kernel_release())?;
     writeln!(
         out,
@@ -397,13 +434,46 @@ fn main() -> anyhow::Result<()> {
         out,
         "- spectre_v2: {}",
         read("/sys/devices/system/cpu/vulnerabilities/spectre_v2")
-    )?;
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes --bench; ignore anything we do not know.
+    let rounds: usize = arg("--rounds").map_or(Ok(7), |v| v.parse())?;
+    let calls: u64 = arg("--calls").map_or(Ok(2_000_000), |v| v.parse())?;
+    if rounds < 5 {
+        bail!("--rounds must be at least 5 (the median of fewer says little)");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    let sys = SysRoot::default();
+    let online = sys.online()?;
+    let cpu = online.max().context("no online CPU")?;
+    pin(cpu)?;
+
+    let hooks = hook_cost(&sys, cpu, rounds, calls)?;
+    let sampler = sampler_cost(&sys)?;
+    let daemon = daemon_steady_state()?;
+
+    let mut out = String::new();
+    write_hooks(&mut out, &hooks)?;
+    write_sampler(&mut out, &sampler, &daemon)?;
+    write_machine(&mut out, &sys, online.len())?;
     match arg("--out") {
         Some(p) => std::fs::write(&p, &out).with_context(|| format!("writing {p}"))?,
         None => print!("{out}"),
     }
+    let (added_empty, added_clock, added_ctx) = (
+        hooks.added(Case::Empty),
+        hooks.added(Case::Clock),
+        hooks.added(Case::Ctx),
+    );
     eprintln!(
-        "added: empty {added_empty:.1} ns, clock {added_clock:.1} ns, ctx {added_ctx:.1} ns; ratio to empty {ratio:.2} (target <= 1.30), to clock {ratio_clock:.2}"
+        "added: empty {added_empty:.1} ns, clock {added_clock:.1} ns, ctx {added_ctx:.1} ns; ratio to empty {:.2} (target <= 1.30), to clock {:.2}",
+        added_ctx / added_empty,
+        added_ctx / added_clock
     );
     Ok(())
 }

@@ -36,7 +36,7 @@ pub fn init_logging(default: &str) {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    let tty = is_tty(libc::STDERR_FILENO);
+    let tty = crate::host::system::is_tty(libc::STDERR_FILENO);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -52,7 +52,7 @@ pub fn init_logging(default: &str) {
 }
 
 /// Common start of both binaries: logging, then keeping khugepaged off ctx's own memory (a
-/// collapse ends in an IPI to every CPU, the nohz_full ones included), then `run`, whose error
+/// collapse ends in an IPI to every CPU, the `nohz_full` ones included), then `run`, whose error
 /// is printed as `NAME: error: cause: cause...` with a failure exit.
 pub fn main_with(
     name: &str,
@@ -60,7 +60,7 @@ pub fn main_with(
     run: impl FnOnce() -> anyhow::Result<()>,
 ) -> std::process::ExitCode {
     init_logging(default_log);
-    if let Err(e) = crate::system::exclude_from_thp() {
+    if let Err(e) = crate::host::system::exclude_from_thp() {
         tracing::warn!(
             "cannot opt out of transparent huge pages ({e}): khugepaged may IPI every CPU when \
              it collapses this process's memory"
@@ -73,11 +73,6 @@ pub fn main_with(
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-pub fn is_tty(fd: i32) -> bool {
-    // SAFETY: isatty has no memory-safety preconditions.
-    unsafe { libc::isatty(fd) == 1 }
 }
 
 #[cfg(test)]

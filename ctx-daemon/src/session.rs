@@ -1,17 +1,20 @@
-//! A running view over the probes: open (or reuse) them, then sample and model in one call.
+//! The pipeline as both binaries run it: open (or reuse) the probes once, then sweep and model
+//! in one call.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray};
 use ctx_common::CpuRecord;
+use ctx_common::programs::{MAP_CPU, Role};
 
-use crate::hooks::Role;
-use crate::loader::{self, LoadError, LoadOptions, Origin, Probes};
-use crate::model::{Model, Sample, Topology};
-use crate::report::Header;
+use crate::host::btf::CtLayout;
+use crate::host::cpuset::CpuSet;
+use crate::host::system::SysRoot;
+use crate::model::{Facts, HookFact, Model, Origin, Sample};
+use crate::probes::attach::{self, LoadOptions};
+use crate::probes::{LoadError, Probes, pins};
+use crate::sample::online::Online;
 use crate::sample::{SampleError, Sampler};
-use crate::system::{CpuSet, OnlineWatch, SysRoot};
 
 /// How to get at the probes.
 #[derive(Clone, Debug)]
@@ -29,81 +32,72 @@ pub struct Session {
     pub probes: Probes,
     pub sampler: Sampler<PerCpuArray<MapData, CpuRecord>>,
     pub model: Model,
+    pub facts: Facts,
     pub sys: SysRoot,
-    pub topo: Topology,
     pub possible: CpuSet,
-    online: Option<OnlineWatch>,
 }
 
 impl Session {
     pub fn open(attach: &Attach, sys: SysRoot) -> Result<Self, LoadError> {
-        let mut probes = match attach {
-            Attach::Daemon { pin_dir } => loader::load(&LoadOptions {
-                pin_dir: Some(pin_dir.clone()),
+        let load = |pin_dir: Option<PathBuf>| {
+            attach::load(&LoadOptions {
+                pin_dir,
                 sys: sys.clone(),
-            })?,
-            Attach::Viewer { pin_dir } => match loader::open_pinned(pin_dir, &sys)? {
-                Some(p) => p,
-                None => loader::load(&LoadOptions {
-                    pin_dir: None,
-                    sys: sys.clone(),
-                })?,
+            })
+        };
+        let (mut probes, origin) = match attach {
+            Attach::Daemon { pin_dir } => (load(Some(pin_dir.clone()))?, Origin::Loaded),
+            Attach::Viewer { pin_dir } => match pins::open_pinned(pin_dir, &sys)? {
+                Some(p) => (p, Origin::Pinned),
+                None => (load(None)?, Origin::Loaded),
             },
-            Attach::Standalone => loader::load(&LoadOptions {
-                pin_dir: None,
-                sys: sys.clone(),
-            })?,
+            Attach::Standalone => (load(None)?, Origin::Loaded),
         };
         let possible = sys.possible()?;
         let map = probes
             .take_cpu_map()
-            .ok_or_else(|| LoadError::NoModeSource {
-                detail: "per-CPU map already taken".into(),
-            })?;
-        let sampler = Sampler::new(map, possible.iter().collect());
-        let topo = Topology {
-            online: sys.online()?,
-            nohz_full: sys.nohz_full(),
-            isolated: sys.isolated(),
-            ct_cpus: probes.ct_cpus.clone(),
-            syscalls_active: probes.hooks.role_active(Role::Syscalls)
-                || probes.origin == Origin::Pinned,
-        };
+            .ok_or(LoadError::MissingMap { map: MAP_CPU })?;
+        let sampler = Sampler::new(map, possible.iter().collect(), Online::open(&sys));
         Ok(Self {
+            facts: facts(&sys, origin, &probes),
             probes,
             sampler,
             model: Model::new(),
-            online: OnlineWatch::open(&sys).ok(),
             sys,
-            topo,
             possible,
         })
     }
 
-    /// One sweep over all CPUs, modelled. Re-reads the online set, so hotplug shows at once.
+    /// One sweep over all CPUs, modelled.
     pub fn sample(&mut self) -> Result<Sample, SampleError> {
-        let online = match &mut self.online {
-            Some(w) => w.read(),
-            None => self.sys.online().ok(),
-        };
-        if let Some(online) = online {
-            self.topo.online = online;
-        }
         let snap = self.sampler.sweep()?;
-        Ok(self.model.update(&snap, &self.topo))
+        Ok(self.model.update(snap, &self.facts))
     }
+}
 
-    pub fn header(&self, interval: Duration, sample_interval: Duration) -> Header {
-        Header {
-            ctx_version: crate::VERSION,
-            host: self.sys.hostname(),
-            kernel: self.sys.kernel_release(),
-            interval_s: interval.as_secs_f64(),
-            sample_interval_s: sample_interval.as_secs_f64(),
-            probes: self.probes.origin.as_str(),
-            nohz_full: self.topo.nohz_full.to_string(),
-            isolated: self.topo.isolated.to_string(),
-            kernel_ct_layout: self.probes.ct_layout.as_ref().map(|l| l.describe()),
-        }
+/// What the outputs show about this host and these probes.
+fn facts(sys: &SysRoot, origin: Origin, probes: &Probes) -> Facts {
+    Facts {
+        version: crate::VERSION,
+        host: sys.hostname(),
+        kernel: sys.kernel_release(),
+        origin,
+        nohz_full: sys.nohz_full(),
+        isolated: sys.isolated(),
+        ct_cpus: probes.ct_cpus.clone(),
+        syscalls_active: probes.hooks.role_active(Role::Syscalls) || origin == Origin::Pinned,
+        kernel_ct_layout: probes.ct_layout.as_ref().map(CtLayout::describe),
+        hooks: probes
+            .hooks
+            .hooks
+            .iter()
+            .map(|(h, s)| HookFact {
+                group: h.group,
+                tracepoint: h.tracepoint,
+                status: s.clone(),
+            })
+            .collect(),
+        detected: probes.hooks.detected.clone(),
+        attached_unix: probes.meta.attached_at_ns as f64 * 1e-9,
     }
 }

@@ -26,7 +26,7 @@ fn ctxtop(args: &[&str]) -> Output {
         cmd.pre_exec(move || {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(cpu as usize, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
             Ok(())
         });
     }
@@ -42,7 +42,9 @@ fn ctxtop(args: &[&str]) -> Output {
 
 #[test]
 fn once_and_json_read_a_pinned_spinner_as_user() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(why) = skip_reason(Some(SPIN_CPU), &[]) {
         return skip("once_and_json_read_a_pinned_spinner_as_user", &why);
     }
@@ -100,7 +102,9 @@ fn once_and_json_read_a_pinned_spinner_as_user() {
 
 #[test]
 fn without_a_terminal_ctxtop_prints_tables() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(why) = skip_reason(None, &[]) {
         return skip("without_a_terminal_ctxtop_prints_tables", &why);
     }

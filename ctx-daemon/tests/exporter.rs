@@ -1,7 +1,7 @@
 //! ctx-daemon as users run it: the real binary attached to the host kernel, scraped by a real
 //! Prometheus server (Debian's `prometheus` package), checked by promtool, killed with SIGKILL
 //! and restarted. Needs root and `prometheus`/`promtool`; without them the tests say why and
-//! return, unless CTX_REQUIRE_KERNEL_TESTS=1 (set by CI).
+//! return, unless `CTX_REQUIRE_KERNEL_TESTS=1` (set by CI).
 #![allow(
     clippy::unwrap_used,
     reason = "test setup that fails should fail the test loudly"
@@ -32,7 +32,9 @@ fn skip(test: &str, why: &str) {
 }
 
 fn guard(test: &str, tools: &[&str]) -> Option<MutexGuard<'static, ()>> {
-    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let g = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         skip(test, "needs root to load eBPF programs");
@@ -147,7 +149,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SAFETY: plain kill(2) of our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(c.id().cast_signed(), libc::SIGTERM) };
             let _ = c.wait();
         }
         let _ = Command::new(env!("CARGO_BIN_EXE_ctx-daemon"))
@@ -211,7 +213,7 @@ fn counters(text: &str) -> BTreeMap<String, f64> {
 
 fn last_cpu() -> u32 {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
-    let set: ctx::system::CpuSet = text.parse().unwrap();
+    let set: ctx::host::cpuset::CpuSet = text.parse().unwrap();
     set.max().unwrap()
 }
 
@@ -220,7 +222,7 @@ fn pin(cpu: u32) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu as usize, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
     }
 }
 
@@ -263,7 +265,11 @@ fn promtool_accepts_a_real_scrape() {
         out.status.success() && report.trim().is_empty(),
         "promtool: {report}"
     );
-    for cpu in ctx::system::SysRoot::default().online().unwrap().iter() {
+    for cpu in ctx::host::system::SysRoot::default()
+        .online()
+        .unwrap()
+        .iter()
+    {
         assert!(
             text.contains(&format!("ctx_cpu_info{{cpu=\"{cpu}\"")),
             "no ctx_cpu_info for online CPU {cpu}"
@@ -337,6 +343,10 @@ fn urlencode(s: &str) -> String {
 }
 
 #[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the attach time is the same pinned value, printed the same way both times"
+)]
 fn counters_survive_kill_9_without_a_second_attach() {
     let Some(_g) = guard("counters_survive_kill_9_without_a_second_attach", &[]) else {
         return;

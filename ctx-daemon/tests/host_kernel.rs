@@ -1,7 +1,7 @@
 //! ctx's programs in the real host kernel, moved by real workloads. Nothing here is mocked.
 //!
-//! Needs root (CAP_BPF + CAP_PERFMON) and at least two CPUs. Without them the tests say why and
-//! return, unless CTX_REQUIRE_KERNEL_TESTS=1 (set by CI), which turns a skip into a failure.
+//! Needs root (`CAP_BPF` + `CAP_PERFMON`) and at least two CPUs. Without them the tests say why and
+//! return, unless `CTX_REQUIRE_KERNEL_TESTS=1` (set by CI), which turns a skip into a failure.
 //! The workloads measure CPU residency, so the tests run one at a time (a process-wide lock)
 //! with the test thread pinned to the first CPU and the workload on the last.
 
@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use ctx::host::system::SysRoot;
 use ctx::model::{CpuInterval, Sample};
+use ctx::probes::attach::{self, LoadOptions};
 use ctx::session::{Attach, Session};
-use ctx::system::SysRoot;
 use ctx_common::{CpuState, Source};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -33,7 +34,9 @@ struct Env {
 
 /// Returns `None` (after saying why) when this machine cannot run the test.
 fn env(test: &str) -> Option<Env> {
-    let lock = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lock = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let required = std::env::var("CTX_REQUIRE_KERNEL_TESTS").is_ok_and(|v| v == "1");
     let skip = |why: &str| {
         assert!(
@@ -67,7 +70,7 @@ fn pin(cpu: u32) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu as usize, &mut set);
-        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
         assert_eq!(rc, 0, "sched_setaffinity({cpu})");
     }
 }
@@ -111,7 +114,7 @@ fn spin_user(stop: &AtomicBool) -> u64 {
     let mut x = 0u64;
     while !stop.load(Ordering::Relaxed) {
         for i in 0..100_000u64 {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
         }
     }
     x
@@ -162,25 +165,30 @@ fn interval(first: &Sample, last: &Sample, cpu: u32) -> CpuInterval {
     CpuInterval::between(a, b, last.taken_ns - first.taken_ns)
 }
 
+/// user, kernel, idle, nmi % of the interval.
+fn pct(iv: &CpuInterval) -> [f64; 4] {
+    iv.pct().expect("the CPU accrued time").as_array()
+}
+
 #[test]
 fn ctx_sys_exit_user_spinner_reads_user() {
     let Some(e) = env("ctx_sys_exit_user_spinner_reads_user") else {
         return;
     };
-    let mut s = open();
-    let w = Workload::start(e.target, spin_user);
-    let (a, b) = observe(&mut s, Duration::from_secs(2));
-    w.finish();
-    let iv = interval(&a, &b, e.target);
-    let p = iv.pct.unwrap();
+    let mut session = open();
+    let work = Workload::start(e.target, spin_user);
+    let (first, last) = observe(&mut session, Duration::from_secs(2));
+    work.finish();
+    let iv = interval(&first, &last, e.target);
+    let p = pct(&iv);
     eprintln!(
         "spinner on CPU {}: user {:.2}% kernel {:.2}% idle {:.2}% nmi {:.2}%",
         e.target, p[0], p[1], p[2], p[3]
     );
     assert!(p[0] >= 95.0, "user {:.2}% < 95%", p[0]);
-    let v = b.cpu(e.target).unwrap();
+    let v = last.cpu(e.target).unwrap();
     assert_eq!(
-        v.state,
+        v.status.state,
         Some(CpuState::User),
         "a spinning CPU reads user now"
     );
@@ -191,12 +199,12 @@ fn ctx_sys_enter_kernel_bound_reads_kernel() {
     let Some(e) = env("ctx_sys_enter_kernel_bound_reads_kernel") else {
         return;
     };
-    let mut s = open();
-    let w = Workload::start(e.target, read_zero);
-    let (a, b) = observe(&mut s, Duration::from_secs(2));
-    let bytes = w.finish();
-    let iv = interval(&a, &b, e.target);
-    let p = iv.pct.unwrap();
+    let mut session = open();
+    let work = Workload::start(e.target, read_zero);
+    let (first, last) = observe(&mut session, Duration::from_secs(2));
+    let bytes = work.finish();
+    let iv = interval(&first, &last, e.target);
+    let p = pct(&iv);
     eprintln!(
         "read(/dev/zero, 64 MiB) on CPU {}: kernel {:.2}% user {:.2}% idle {:.2}% ({} MiB read)",
         e.target,
@@ -213,12 +221,12 @@ fn ctx_cpu_idle_idle_cpu_reads_idle() {
     let Some(e) = env("ctx_cpu_idle_idle_cpu_reads_idle") else {
         return;
     };
-    let mut s = open();
+    let mut session = open();
     // Nothing runs on the target CPU; the sampler sleeps on the control CPU.
     thread::sleep(Duration::from_millis(200));
-    let (a, b) = observe(&mut s, Duration::from_secs(2));
-    let iv = interval(&a, &b, e.target);
-    let p = iv.pct.unwrap();
+    let (first, last) = observe(&mut session, Duration::from_secs(2));
+    let iv = interval(&first, &last, e.target);
+    let p = pct(&iv);
     eprintln!(
         "idle CPU {}: idle {:.2}% kernel {:.2}% user {:.2}%",
         e.target, p[2], p[1], p[0]
@@ -229,12 +237,12 @@ fn ctx_cpu_idle_idle_cpu_reads_idle() {
 
 #[test]
 fn ctx_sys_enter_counts_every_kernel_entry() {
+    const N: u64 = 200_000;
     let Some(e) = env("ctx_sys_enter_counts_every_kernel_entry") else {
         return;
     };
-    let mut s = open();
-    let a = s.sample().unwrap();
-    const N: u64 = 200_000;
+    let mut session = open();
+    let first = session.sample().unwrap();
     let target = e.target;
     thread::spawn(move || {
         pin(target);
@@ -245,23 +253,20 @@ fn ctx_sys_enter_counts_every_kernel_entry() {
     })
     .join()
     .unwrap();
-    let b = s.sample().unwrap();
-    let iv = interval(&a, &b, e.target);
+    let last = session.sample().unwrap();
+    let iv = interval(&first, &last, e.target);
     eprintln!(
         "{N} getpid() on CPU {}: {} kernel entries, {} syscalls counted",
-        e.target, iv.kernel_entries, iv.syscalls
+        e.target, iv.counts.kernel_entries, iv.counts.syscalls
     );
     assert!(
-        iv.kernel_entries >= N,
+        iv.counts.kernel_entries >= N,
         "{} kernel entries < {N}",
-        iv.kernel_entries
+        iv.counts.kernel_entries
     );
-    assert!(iv.syscalls >= N);
-    let src = b.cpu(e.target).unwrap().source;
-    assert!(matches!(
-        src,
-        ctx::model::SourceLabel::Syscalls | ctx::model::SourceLabel::ContextTracking
-    ));
+    assert!(iv.counts.syscalls >= N);
+    let src = last.cpu(e.target).unwrap().facts.source;
+    assert!(matches!(src, Source::Syscalls | Source::ContextTracking));
 }
 
 /// The sequence pair against the real kernel copy: a syscall storm rewrites the target CPU's
@@ -273,9 +278,9 @@ fn ctx_sys_enter_snapshots_are_never_torn() {
     let Some(e) = env("ctx_sys_enter_snapshots_are_never_torn") else {
         return;
     };
-    let mut s = open();
-    let w = Workload::start(e.target, getpid_storm);
-    let idx = s
+    let mut session = open();
+    let work = Workload::start(e.target, getpid_storm);
+    let idx = session
         .sampler
         .cpus()
         .iter()
@@ -285,22 +290,23 @@ fn ctx_sys_enter_snapshots_are_never_torn() {
     let (mut sweeps, mut torn, mut stale) = (0u64, 0u64, 0u64);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(1) {
-        let snap = s.sampler.sweep().unwrap();
+        let snap = session.sampler.sweep().unwrap();
         sweeps += 1;
-        torn += u64::from(snap.torn);
-        stale += u64::from(snap.stale);
-        let r = &snap.cpus[idx].record;
+        torn += u64::from(snap.records.torn);
+        stale += u64::from(snap.records.stale);
+        let r = &snap.records.cpus[idx].record;
         assert!(r.consistent());
         if r.main.offline != 0 || r.main.last_ts == 0 {
             continue;
         }
-        let inv = r.main.res_ns.iter().map(|x| *x as i128).sum::<i128>() - r.main.last_ts as i128;
+        let inv =
+            r.main.res_ns.iter().map(|x| i128::from(*x)).sum::<i128>() - i128::from(r.main.last_ts);
         match invariant {
             None => invariant = Some(inv),
             Some(i) => assert_eq!(i, inv, "torn record accepted: {:?}", r.main),
         }
     }
-    let calls = w.finish();
+    let calls = work.finish();
     eprintln!(
         "{sweeps} sweeps during {calls} getpid(): {torn} copies caught mid-write and re-read, {stale} served stale"
     );
@@ -340,7 +346,7 @@ fn ctxtop_once_json_covers_every_online_cpu() {
         .iter()
         .any(|h| h["tracepoint"] == "sys_enter" && h["status"] == "attached");
     assert!(sys_src);
-    let _ = (e.control, Source::Syscalls);
+    let _ = e.control;
 }
 
 /// Without kernel BTF, ctx still attaches every raw tracepoint and says what it had to skip.
@@ -359,14 +365,14 @@ fn ctx_sched_switch_skipped_without_btf() {
         sys: root.join("sys"),
         proc: "/proc".into(),
     };
-    let p = ctx::loader::load(&ctx::loader::LoadOptions { pin_dir: None, sys }).unwrap();
+    let p = attach::load(&LoadOptions { pin_dir: None, sys }).unwrap();
     let _ = std::fs::remove_dir_all(&root);
     assert!(p.hooks.status("sys_enter").unwrap().active());
     assert!(!p.hooks.status("sched_switch").unwrap().active());
     assert!(p.ct_layout.is_none());
 }
 
-/// Without CAP_BPF/CAP_PERFMON the binaries stop with a message that names the fix.
+/// Without `CAP_BPF`/`CAP_PERFMON` the binaries stop with a message that names the fix.
 #[test]
 fn ctxtop_without_capabilities_says_what_is_missing() {
     let Some(_e) = env("ctxtop_without_capabilities_says_what_is_missing") else {

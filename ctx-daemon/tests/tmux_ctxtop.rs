@@ -6,8 +6,8 @@
 //! what is shown as they should; `q`, Ctrl-C, SIGTERM and a panic all give the shell its
 //! terminal back (normal screen, cursor shown, canonical mode with echo); `--once` on a
 //! terminal never enters the alternate screen; with a ctx-daemon running, ctxtop reads its
-//! pins. `CTX_UPDATE_SCREEN=1` also rewrites `tests/ctxtop-screen.txt` from a run with a
-//! spinner on CPU 1. `CTXTOP_BIN=target/release/ctxtop` runs it all against a release build,
+//! pins. `CTX_BLESS=1` also rewrites `tests/ctxtop-screen.txt` (the README's screen) from a run
+//! with a spinner on CPU 1. `CTXTOP_BIN=target/release/ctxtop` runs it all against a release build,
 //! where a panic aborts and only the panic hook can restore the terminal.
 
 mod common;
@@ -190,7 +190,9 @@ fn ctxtop_cmd(args: &str) -> String {
 }
 
 fn skip_unless_ready(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(why) = skip_reason(None, &["tmux"]) {
         skip(test, &why);
         return None;
@@ -198,8 +200,13 @@ fn skip_unless_ready(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     Some(guard)
 }
 
+/// One screen line per online CPU.
+fn rows_for_cpus() -> u16 {
+    u16::try_from(common::online().len()).expect("fewer CPUs than a terminal has lines")
+}
+
 fn height_for_all_cpus() -> u16 {
-    (common::online().len() as u16 + 8).max(24)
+    (rows_for_cpus() + 8).max(24)
 }
 
 #[test]
@@ -309,7 +316,7 @@ fn ctrl_c_sigterm_and_a_panic_restore_the_terminal() {
     tm.wait_refresh(1);
     let pid = tm.child_pid();
     // SAFETY: kill has no memory-safety preconditions; the pid is ctxtop, started above.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    assert_eq!(unsafe { libc::kill(pid.cast_signed(), libc::SIGTERM) }, 0);
     tm.assert_restored("SIGTERM");
 
     tm.run(&format!(
@@ -433,7 +440,7 @@ fn with_a_daemon_ctxtop_reads_its_pins() {
 }
 
 /// A real screen with a spinner on CPU 1, for the README. Checks that the view reads the
-/// spinner as user; `CTX_UPDATE_SCREEN=1` saves it as `tests/ctxtop-screen.txt`.
+/// spinner as user; `CTX_BLESS=1` saves it as `tests/ctxtop-screen.txt`.
 #[test]
 fn screen_with_a_spinner() {
     let Some(_serial) = skip_unless_ready("screen_with_a_spinner") else {
@@ -444,7 +451,7 @@ fn screen_with_a_spinner() {
     }
     let _spin = Spinner::on(1);
     // Just tall enough for every CPU: the capture goes into the README.
-    let tm = Tmux::start("screen", 80, (common::online().len() as u16 + 8).max(10));
+    let tm = Tmux::start("screen", 80, (rows_for_cpus() + 8).max(10));
     let away = common::other_cpu(1);
     tm.run(&format!(
         "taskset -c {away} {}",
@@ -465,7 +472,7 @@ fn screen_with_a_spinner() {
     assert_eq!(cpu1.1, "user", "the spinner's CPU is in user now:\n{s}");
     tm.key("q");
     tm.assert_restored("q");
-    if std::env::var_os("CTX_UPDATE_SCREEN").is_some() {
+    if common::golden::blessing() {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ctxtop-screen.txt");
         let trimmed: String = s.lines().map(|l| l.trim_end().to_owned() + "\n").collect();
         std::fs::write(&path, trimmed.trim_end().to_owned() + "\n").expect("saving the screen");

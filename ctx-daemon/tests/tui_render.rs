@@ -5,18 +5,20 @@
 //! programs run (`ctx_common::writer`), through the real model, so what is drawn is what a
 //! kernel timeline would produce.
 //!
-//! Goldens live in `tests/golden/`; after an intended change to the screen, rewrite them with
-//! `CTX_UPDATE_GOLDEN=1 cargo test -p ctx-daemon --test tui_render` and review the diff.
+//! Goldens live in `tests/golden/` (see `common/golden.rs` for rewriting them).
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Duration;
 
-use ctx::loader::Origin;
-use ctx::model::{Model, Sample, Topology};
-use ctx::sample::{CpuRead, Snapshot};
-use ctx::system::CpuSet;
+use common::golden;
+use ctx::host::cpuset::CpuSet;
+use ctx::model::{Facts, HookFact, Model, Origin, Sample};
+use ctx::probes::hooks::HookStatus;
+use ctx::sample::Snapshot;
+use ctx::sample::records::{CpuRead, Records};
 use ctx::tui::state::HISTORY;
-use ctx::tui::{Action, Info, SortKey, State, keys, render};
+use ctx::tui::{Action, SortKey, State, keys, render};
 use ctx_common::CpuRecord;
 use ctx_common::record::IrqKind;
 use ctx_common::writer::{MainEvent, irq_arrived, main_event, nmi_enter, nmi_exit};
@@ -46,11 +48,11 @@ enum End {
 struct Spec {
     user_ms: u64,
     kernel_ms: u64,
-    /// IPIs (call_function) that interrupt user: an entry for nothing, the avoidable kind.
+    /// IPIs (`call_function`) that interrupt user: an entry for nothing, the avoidable kind.
     ipis_in_user: u64,
     /// Reschedule IPIs while in kernel.
     ipis_in_kernel: u64,
-    /// irq_work IPIs while idle: also avoidable.
+    /// `irq_work` IPIs while idle: also avoidable.
     ipis_in_idle: u64,
     end: End,
 }
@@ -58,7 +60,7 @@ struct Spec {
 /// One CPU's record and how its transitions are reported.
 struct FakeCpu {
     rec: CpuRecord,
-    /// Context tracking drives it (a nohz_full CPU); otherwise the syscall hooks do.
+    /// Context tracking drives it (a `nohz_full` CPU); otherwise the syscall hooks do.
     ct: bool,
     events: Vec<(u64, Step)>,
 }
@@ -113,7 +115,7 @@ impl FakeCpu {
     }
 
     /// Queues one interval starting at `t`, with only the transitions the spec needs (a
-    /// spinner that stays in user makes none, as on a real nohz_full CPU).
+    /// spinner that stays in user makes none, as on a real `nohz_full` CPU).
     fn plan(&mut self, t: u64, s: Spec, previous: End) {
         let idle_ms = 1000 - s.user_ms - s.kernel_ms;
         let mut ev = Vec::new();
@@ -187,7 +189,8 @@ impl FakeCpu {
 struct Host {
     cpus: Vec<FakeCpu>,
     ends: Vec<End>,
-    topo: Topology,
+    online: CpuSet,
+    facts: Facts,
     model: Model,
 }
 
@@ -200,13 +203,8 @@ impl Host {
                 .map(|c| FakeCpu::new(nohz_full.contains(c)))
                 .collect(),
             ends: vec![End::Kernel; n as usize],
-            topo: Topology {
-                online,
-                nohz_full: nohz_full.clone(),
-                isolated: nohz_full.clone(),
-                ct_cpus: nohz_full,
-                syscalls_active: true,
-            },
+            online,
+            facts: facts(&nohz_full),
             model: Model::new(),
         }
     }
@@ -214,31 +212,32 @@ impl Host {
     fn sample(&mut self, t: u64) -> Sample {
         let snap = Snapshot {
             taken_ns: t,
-            cpus: self
-                .cpus
-                .iter_mut()
-                .enumerate()
-                .map(|(i, c)| {
-                    c.run_until(t);
-                    CpuRead {
-                        cpu: i as u32,
-                        record: c.rec,
-                        read_ns: t,
-                        stale: false,
-                    }
-                })
-                .collect(),
-            torn: 0,
-            stale: 0,
             sweep_ns: 23_000,
+            online: Some(self.online.clone()),
+            records: Records {
+                cpus: (0u32..)
+                    .zip(self.cpus.iter_mut())
+                    .map(|(cpu, c)| {
+                        c.run_until(t);
+                        CpuRead {
+                            cpu,
+                            record: c.rec,
+                            read_ns: t,
+                            stale: false,
+                        }
+                    })
+                    .collect(),
+                torn: 0,
+                stale: 0,
+            },
         };
-        self.model.update(&snap, &self.topo)
+        self.model.update(snap, &self.facts)
     }
 
     /// Runs `intervals` intervals into a fresh view.
     fn state(&mut self, intervals: u64, specs: impl Fn(u32, u64) -> Spec) -> State {
         let mut st = State::new(
-            info(&self.topo),
+            self.facts.clone(),
             Duration::from_secs(1),
             Duration::from_millis(100),
             None,
@@ -247,10 +246,10 @@ impl Host {
         st.show_sample(&first);
         for iv in 0..intervals {
             let t = T0 + iv * 1000 * MS;
-            for (c, cpu) in self.cpus.iter_mut().enumerate() {
-                let s = specs(c as u32, iv);
-                cpu.plan(t, s, self.ends[c]);
-                self.ends[c] = s.end;
+            for ((c, cpu), end) in (0u32..).zip(self.cpus.iter_mut()).zip(&mut self.ends) {
+                let s = specs(c, iv);
+                cpu.plan(t, s, *end);
+                *end = s.end;
             }
             let mut last = first.clone();
             for j in 1..=SAMPLES {
@@ -263,19 +262,26 @@ impl Host {
     }
 }
 
-fn info(topo: &Topology) -> Info {
-    Info {
+fn facts(nohz_full: &CpuSet) -> Facts {
+    Facts {
         version: "0.0.0",
         host: "bench-07".into(),
         kernel: "6.12.117+deb13-cloud-amd64".into(),
-        origin: Some(Origin::Loaded),
-        nohz_full: topo.nohz_full.clone(),
-        isolated: topo.isolated.clone(),
-        hooks_missing: vec!["ipi:ipi_send_cpu absent".into()],
+        origin: Origin::Loaded,
+        nohz_full: nohz_full.clone(),
+        isolated: nohz_full.clone(),
+        ct_cpus: nohz_full.clone(),
+        syscalls_active: true,
+        hooks: vec![HookFact {
+            group: "ipi",
+            tracepoint: "ipi_send_cpu",
+            status: HookStatus::Absent,
+        }],
+        ..Facts::default()
     }
 }
 
-/// Four CPUs: two housekeeping ones on the syscall hooks, two nohz_full ones on context
+/// Four CPUs: two housekeeping ones on the syscall hooks, two `nohz_full` ones on context
 /// tracking (one spinning in user, one getting disturbed).
 fn small(cpu: u32, iv: u64) -> Spec {
     match cpu {
@@ -318,7 +324,7 @@ fn small(cpu: u32, iv: u64) -> Spec {
     }
 }
 
-/// 64 CPUs: 0-1 housekeeping, 2-63 nohz_full; a pattern of spinners, disturbed CPUs, idle ones
+/// 64 CPUs: 0-1 housekeeping, 2-63 `nohz_full`; a pattern of spinners, disturbed CPUs, idle ones
 /// and one caught in an NMI.
 fn many(cpu: u32, iv: u64) -> Spec {
     if cpu < 2 {
@@ -389,30 +395,6 @@ fn text(b: &Buffer) -> String {
     out
 }
 
-fn golden(name: &str, got: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("CTX_UPDATE_GOLDEN").is_some() {
-        let dir = path.parent().expect("golden files live in a directory");
-        std::fs::create_dir_all(dir).expect("creating tests/golden");
-        std::fs::write(&path, got).expect("writing a golden screen");
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "reading {}: {e}; run with CTX_UPDATE_GOLDEN=1 to create it",
-            path.display()
-        )
-    });
-    if want != got {
-        panic!(
-            "{name} differs from the golden screen (CTX_UPDATE_GOLDEN=1 rewrites it)\n\
-             --- want\n{want}--- got\n{got}"
-        );
-    }
-}
-
 /// Finds the first cell where `needle` starts on the line that starts with `line_prefix`.
 fn find(b: &Buffer, line_prefix: &str, needle: &str) -> (u16, u16) {
     let t = text(b);
@@ -423,7 +405,8 @@ fn find(b: &Buffer, line_prefix: &str, needle: &str) -> (u16, u16) {
                 .unwrap_or_else(|| panic!("{needle:?} not on line {l:?}"));
             // Columns are cells; the prefix before the match may hold multi-byte glyphs.
             let x = l[..col].chars().count();
-            return (x as u16, y as u16);
+            let cell = |n: usize| u16::try_from(n).expect("within the test's screen");
+            return (cell(x), cell(y));
         }
     }
     panic!("no line starting with {line_prefix:?} in\n{t}");
@@ -436,7 +419,7 @@ fn press(c: char) -> Action {
 #[test]
 fn golden_80x24_four_cpus() {
     let st = small_state();
-    golden("ctxtop-80x24.txt", &text(&draw(&st, 80, 24)));
+    golden::check("ctxtop-80x24.txt", &text(&draw(&st, 80, 24)));
 }
 
 #[test]
@@ -444,7 +427,7 @@ fn golden_64_cpus_sorted_by_kernel_share() {
     let mut st = many_state();
     st.apply(press('s'), 64);
     assert_eq!(st.sort, SortKey::Kernel);
-    golden("ctxtop-64cpus-160x72.txt", &text(&draw(&st, 160, 72)));
+    golden::check("ctxtop-64cpus-160x72.txt", &text(&draw(&st, 160, 72)));
 }
 
 #[test]
@@ -458,7 +441,7 @@ fn golden_64_cpus_at_80x24_scrolled_and_isolated() {
         page,
     );
     assert_eq!(st.scroll, 17);
-    golden(
+    golden::check(
         "ctxtop-64cpus-80x24-scrolled.txt",
         &text(&draw(&st, 80, 24)),
     );
@@ -468,7 +451,7 @@ fn golden_64_cpus_at_80x24_scrolled_and_isolated() {
 fn golden_help_80x24() {
     let mut st = small_state();
     st.apply(press('?'), 17);
-    golden("ctxtop-help-80x24.txt", &text(&draw(&st, 80, 24)));
+    golden::check("ctxtop-help-80x24.txt", &text(&draw(&st, 80, 24)));
 }
 
 #[test]
@@ -483,18 +466,22 @@ fn every_cpu_has_a_row_with_its_state() {
 }
 
 #[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "whole milliseconds in whole seconds: the shares and rates are exact"
+)]
 fn spinner_reads_full_user_and_disturbed_cpu_shows_avoidable_ipis() {
     let st = small_state();
-    let cpu2 = st.rows.iter().find(|r| r.cpu == 2).unwrap();
-    assert_eq!(cpu2.pct.unwrap()[0], 100.0);
+    let cpu2 = st.rows.iter().find(|r| r.cpu() == 2).unwrap();
+    assert_eq!(cpu2.pct().unwrap().user, 100.0);
     assert_eq!(cpu2.kernel_hist.len(), 8);
-    let cpu3 = st.rows.iter().find(|r| r.cpu == 3).unwrap();
-    let r = cpu3.rates.unwrap();
+    let cpu3 = st.rows.iter().find(|r| r.cpu() == 3).unwrap();
+    let r = cpu3.rates().unwrap();
     assert_eq!(r.avoidable_ipis, 3.0, "IPIs that interrupted user");
     assert_eq!(r.ipis, 3.0);
-    let cpu1 = st.rows.iter().find(|r| r.cpu == 1).unwrap();
+    let cpu1 = st.rows.iter().find(|r| r.cpu() == 1).unwrap();
     assert_eq!(
-        cpu1.rates.unwrap().avoidable_ipis,
+        cpu1.rates().unwrap().avoidable_ipis,
         6.0,
         "IPIs that woke idle"
     );

@@ -3,7 +3,7 @@
 //! Each program is a raw tracepoint (about 60 ns per event cheaper than a classic tracepoint,
 //! measured on the development host) and does one thing: apply its event to the current CPU's
 //! `CpuRecord` with the shared writer code of `ctx-common`. Nothing on a hot path logs or writes
-//! to a ring buffer: a ring-buffer wakeup is an irq_work self-IPI on the very CPU being watched.
+//! to a ring buffer: a ring-buffer wakeup is an `irq_work` self-IPI on the very CPU being watched.
 //! The one log line (aya-log) is on CPU hotplug, a cold path.
 
 // Built for the BPF target by ctx-daemon's build.rs. On the host (`cargo clippy --workspace`)

@@ -1,5 +1,15 @@
 //! The programs (compiled for bpfel-unknown-none only).
 
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program attributes pass each program its context by value"
+)]
+#![expect(
+    clippy::inline_always,
+    reason = "each program stays one straight-line function: no BPF-to-BPF call on the hot \
+              path, and the form the verifiers of 6.1 to 7.x accepted"
+)]
+
 use aya_ebpf::bindings::task_struct;
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_probe_read_kernel, bpf_task_pt_regs,
@@ -70,7 +80,7 @@ fn now() -> u64 {
             lateout("r4") _,
             lateout("r5") _,
             options(nostack),
-        )
+        );
     };
     t
 }
@@ -139,6 +149,10 @@ pub fn ctx_sys_exit(_ctx: RawTracePointContext) -> u32 {
 
 /// `power:cpu_idle(state, cpu_id)`, always on the CPU it describes.
 #[raw_tracepoint(tracepoint = "cpu_idle")]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "raw tracepoint arguments are u64 slots; the C int is the low half"
+)]
 pub fn ctx_cpu_idle(ctx: RawTracePointContext) -> u32 {
     let state: u64 = ctx.arg(0);
     if state as u32 == PWR_EVENT_EXIT {
@@ -157,6 +171,10 @@ pub fn ctx_page_fault_user(_ctx: RawTracePointContext) -> u32 {
 /// `cpuhp:cpuhp_enter(cpu, target, idx, fun)`: hotplug steps; only those running on the CPU
 /// being taken down or brought up matter. Teardown walks states down (target < idx).
 #[raw_tracepoint(tracepoint = "cpuhp_enter")]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "raw tracepoint arguments are u64 slots; the C int is the low half"
+)]
 pub fn ctx_cpuhp_enter(ctx: RawTracePointContext) -> u32 {
     let cpu: u64 = ctx.arg(0);
     let target: u64 = ctx.arg(1);
@@ -186,13 +204,13 @@ pub fn ctx_cpuhp_enter(ctx: RawTracePointContext) -> u32 {
 }
 
 /// `sched:sched_switch(preempt, prev, next, ...)`, for syscall-driven CPUs: syscall boundaries
-/// alone lose track when a task preempted in user mode resumes there without a sys_exit.
+/// alone lose track when a task preempted in user mode resumes there without a `sys_exit`.
 ///
 /// On x86 a task's saved user frame has `orig_ax` = -1 when its current kernel entry is an
 /// interrupt or exception, and the syscall number (>= 0) for a syscall; kernel threads' frames
 /// are zeroed. So `orig_ax < 0` means the task was preempted in user mode and resumes there.
 /// `orig_ax >= 0` is ambiguous: inside a syscall, or preempted on the way out of one after
-/// sys_exit. The mode the task left in (the mirror's mode at its last switch-out, kept by
+/// `sys_exit`. The mode the task left in (the mirror's mode at its last switch-out, kept by
 /// thread id) settles it. The frame decides first, so a stale or wrong stored mode can never
 /// stick to a task that keeps running in user mode.
 #[btf_tracepoint(function = "sched_switch")]
@@ -200,8 +218,8 @@ pub fn ctx_sched_switch(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: globals the loader sets; volatile so the compiler cannot fold them to zero.
     let (regs_off, pid_off) = unsafe {
         (
-            core::ptr::read_volatile(&PT_REGS_ORIG_AX_OFF),
-            core::ptr::read_volatile(&TASK_PID_OFF),
+            core::ptr::read_volatile(&raw const PT_REGS_ORIG_AX_OFF),
+            core::ptr::read_volatile(&raw const TASK_PID_OFF),
         )
     };
     let Some(r) = record() else {
@@ -217,6 +235,10 @@ pub fn ctx_sched_switch(ctx: BtfTracePointContext) -> u32 {
     if regs_off == 0 || pid_off == 0 {
         return 0;
     }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the low half of pid_tgid is the thread id"
+    )]
     let prev = bpf_get_current_pid_tgid() as u32;
     if prev != 0 {
         let mode = if SeedState::decode(counter) == SeedState::User {
@@ -233,14 +255,13 @@ pub fn ctx_sched_switch(ctx: BtfTracePointContext) -> u32 {
     let orig_ax: i64 = if regs.is_null() {
         0
     } else {
-        unsafe { bpf_probe_read_kernel(regs.add(regs_off as usize) as *const i64) }.unwrap_or(0)
+        unsafe { bpf_probe_read_kernel(field(regs, regs_off)) }.unwrap_or(0)
     };
     let to_user = orig_ax < 0 || {
         // SAFETY: as above.
-        let next: u32 = unsafe {
-            bpf_probe_read_kernel((next_task as *const u8).add(pid_off as usize) as *const u32)
-        }
-        .unwrap_or(0);
+        let next: u32 =
+            unsafe { bpf_probe_read_kernel(field(next_task.cast_const().cast(), pid_off)) }
+                .unwrap_or(0);
         next != 0
             && TASK_MODE
                 .get_ptr(&next)
@@ -252,6 +273,13 @@ pub fn ctx_sched_switch(ctx: BtfTracePointContext) -> u32 {
     } else {
         main_ev(MainEvent::SwitchToKernel, false)
     }
+}
+
+/// A field of a kernel struct at a byte offset taken from BTF, for `bpf_probe_read_kernel`,
+/// which copies bytes and needs no alignment.
+#[inline(always)]
+fn field<T>(base: *const u8, offset: u32) -> *const T {
+    base.wrapping_add(offset as usize).cast::<T>()
 }
 
 /// `nmi:nmi_handler(handler, delta_ns, handled)`: after each NMI handler ran (x86).
@@ -267,8 +295,8 @@ pub fn ctx_nmi_handler(ctx: RawTracePointContext) -> u32 {
                 &raw const (*r).main,
                 now(),
                 handler,
-                delta as i64,
-            )
+                delta.cast_signed(),
+            );
         };
     }
     0

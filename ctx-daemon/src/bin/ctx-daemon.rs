@@ -11,15 +11,20 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use ctx::cli::parse_duration;
-use ctx::config::{self, DEFAULT_CONFIG, FlagConfig, Settings};
-use ctx::export::ExportStatic;
-use ctx::hooks::HOOKS;
-use ctx::ledger::LedgerMap;
-use ctx::loader;
-use ctx::serve::{self, Shared};
-use ctx::service::{self, Sampler};
+use ctx::daemon::config::{self, DEFAULT_CONFIG, FlagConfig, Settings};
+use ctx::daemon::ledger::LedgerMap;
+use ctx::daemon::service::{self, SamplingLoop};
+use ctx::host::btf::{CtLayout, KernelBtf};
+use ctx::host::cpuset::CpuSet;
+use ctx::host::kstate::KernelCtReader;
+use ctx::host::system::{self, SysRoot};
+use ctx::model::sweeps::SweepTotals;
+use ctx::outputs::metrics::{ExportStatic, ExportView};
+use ctx::outputs::serve::{self, Shared};
+use ctx::probes::hooks::HookStatus;
+use ctx::probes::{LoadError, LogSource, pins};
 use ctx::session::{Attach, Session};
-use ctx::system::{CpuSet, SysRoot};
+use ctx_common::programs::{DETECTED_ONLY, HOOKS, MAP_META};
 use sd_notify::NotifyState;
 use tracing::{info, warn};
 
@@ -33,7 +38,7 @@ struct Args {
     /// Address to serve /metrics and /healthz on [default: 0.0.0.0:10977].
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
-    /// Export only these CPUs (e.g. the nohz_full set, 1-15) [default: all].
+    /// Export only these CPUs (e.g. the `nohz_full` set, 1-15) [default: all].
     #[arg(long, value_name = "LIST")]
     cpus: Option<CpuSet>,
     /// How often every CPU's state is sampled for verdicts [default: 10ms].
@@ -45,7 +50,7 @@ struct Args {
     /// TOML config file; flags win over it.
     #[arg(long, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
-    /// Let ctx's own threads run on nohz_full CPUs too (by default it keeps to the others).
+    /// Let ctx's own threads run on `nohz_full` CPUs too (by default it keeps to the others).
     #[arg(long)]
     no_housekeeping_affinity: bool,
     /// Remove the pinned programs and maps (detaching ctx from the kernel), then exit.
@@ -76,7 +81,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
 fn run(args: &Args) -> anyhow::Result<()> {
     let set = settings(args)?;
     if args.detach {
-        let r = loader::detach(&set.pin_dir)?;
+        let r = pins::detach(&set.pin_dir)?;
         info!(links = r.links, maps = r.maps, dir = %set.pin_dir.display(), "detached");
         return Ok(());
     }
@@ -85,9 +90,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         return check(&set, &sys);
     }
     // Fail on missing privileges before binding or attaching anything.
-    let missing = ctx::system::missing_caps(sys.effective_caps()?);
+    let missing = system::missing_caps(sys.effective_caps()?);
     if !missing.is_empty() {
-        return Err(ctx::loader::LoadError::Capabilities {
+        return Err(LoadError::Capabilities {
             missing: missing.join(", "),
         }
         .into());
@@ -108,7 +113,63 @@ fn run(args: &Args) -> anyhow::Result<()> {
     })?;
     listener.set_nonblocking(true)?;
 
-    let mut session = Session::open(
+    let mut session = attach(&set, &sys)?;
+    // Opened before dropping capabilities: finding a program's maps by id needs CAP_SYS_ADMIN.
+    let logger = match std::mem::replace(&mut session.probes.logs, LogSource::None) {
+        LogSource::Reader(l) => Some(*l),
+        LogSource::ProgramId(id) => open_log_reader(id),
+        LogSource::None => None,
+    };
+    let ledger = session.probes.ledger.take().map(LedgerMap::new);
+    match service::drop_capabilities() {
+        Ok(kept) => info!(kept = %kept, "dropped capabilities not needed for sampling"),
+        Err(e) => warn!("could not drop capabilities: {e}"),
+    }
+
+    let links = HOOKS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| session.probes.meta.hooks_attached & (1 << i) != 0)
+        .map(|(_, h)| set.pin_dir.join("links").join(h.tracepoint))
+        .collect();
+    let stat = ExportStatic {
+        facts: session.facts.clone(),
+        cpus: set.cpus.clone(),
+    };
+
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 3);
+    let mut sampler = SamplingLoop {
+        session,
+        ledger,
+        shared: Arc::new(Shared::new(
+            stat,
+            ExportView::default(),
+            service::max_age(set.sample_interval),
+            links,
+        )),
+        interval: set.sample_interval,
+        totals: SweepTotals::default(),
+        watchdog,
+    };
+    sampler.restore();
+    system::release_startup_memory();
+    let first = sampler
+        .step()
+        .context("first sample of the per-CPU map failed")?;
+    sampler
+        .shared
+        .publish(service::initial_view(&first), first.taken_ns);
+    let status = service::status_line(&first);
+    serve_until_stopped(sampler, listener, set.listen, logger, &status)?;
+    info!(
+        "stopped; programs stay attached (pinned) for the next start; `ctx-daemon --detach` removes them"
+    );
+    Ok(())
+}
+
+/// Attaches (or reuses the pins) and says what became of each hook.
+fn attach(set: &Settings, sys: &SysRoot) -> anyhow::Result<Session> {
+    let session = Session::open(
         &Attach::Daemon {
             pin_dir: set.pin_dir.clone(),
         },
@@ -120,11 +181,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .hooks
         .hooks
         .iter()
-        .filter(|(_, s)| matches!(s, ctx::hooks::HookStatus::Reused))
+        .filter(|(_, s)| matches!(s, HookStatus::Reused))
         .count();
     info!(
         reused,
-        hooks = %session.probes.hooks_summary(),
+        hooks = %session.probes.hooks.summary(),
         pin_dir = %set.pin_dir.display(),
         "programs ready"
     );
@@ -132,85 +193,23 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let hook = format!("{}:{}", h.group, h.tracepoint);
         match s {
             // Expected where the kernel lacks the feature (no CONTEXT_TRACKING_USER, say).
-            ctx::hooks::HookStatus::Absent => info!(hook, "hook absent from this kernel"),
+            HookStatus::Absent => info!(hook, "hook absent from this kernel"),
             s if !s.active() => warn!(hook, status = %s, "hook not in use"),
             _ => {}
         }
     }
-    // Opened before dropping capabilities: finding a program's maps by id needs CAP_SYS_ADMIN.
-    let logger = match std::mem::replace(&mut session.probes.logs, ctx::loader::LogSource::None) {
-        ctx::loader::LogSource::Reader(l) => Some(*l),
-        ctx::loader::LogSource::ProgramId(id) => open_log_reader(id),
-        ctx::loader::LogSource::None => None,
-    };
-    let ledger = session.probes.ledger.take().map(LedgerMap::new);
-    match service::drop_capabilities() {
-        Ok(kept) => info!(kept = %kept, "dropped capabilities not needed for sampling"),
-        Err(e) => warn!("could not drop capabilities: {e}"),
-    }
+    Ok(session)
+}
 
-    let mut hooks: Vec<(String, String, String)> = session
-        .probes
-        .hooks
-        .hooks
-        .iter()
-        .map(|(h, s)| (h.group.into(), h.tracepoint.into(), s.label().into()))
-        .collect();
-    for (g, tp, present) in &session.probes.hooks.detected {
-        let status = if *present { "detected" } else { "absent" };
-        hooks.push(((*g).into(), (*tp).into(), status.into()));
-    }
-    let links = HOOKS
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| session.probes.meta.hooks_attached & (1 << i) != 0)
-        .map(|(_, h)| set.pin_dir.join("links").join(h.tracepoint))
-        .collect();
-    let stat = ExportStatic {
-        version: ctx::VERSION.into(),
-        kernel: sys.kernel_release(),
-        hooks,
-        cpus: set.cpus.clone(),
-        attached_unix: session.probes.meta.attached_at_ns as f64 * 1e-9,
-    };
-
-    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 3);
-    let mut sampler = Sampler {
-        session,
-        ledger,
-        shared: Arc::new(Shared::new(
-            stat.clone(),
-            ctx::export::ExportView {
-                sample: Arc::new(ctx::model::Sample {
-                    taken_ns: 0,
-                    sweep_ns: 0,
-                    torn: 0,
-                    stale: 0,
-                    cpus: vec![],
-                }),
-                verdicts: Arc::default(),
-                totals: Default::default(),
-                last_sample_unix: 0.0,
-                sampler_up: false,
-            },
-            service::max_age(set.sample_interval),
-            links,
-        )),
-        interval: set.sample_interval,
-        totals: Default::default(),
-        watchdog,
-    };
-    sampler.restore();
-    ctx::system::release_startup_memory();
-    let first = sampler
-        .step()
-        .context("first sample of the per-CPU map failed")?;
-    sampler
-        .shared
-        .publish(service::initial_view(&first), first.taken_ns);
+/// Runs the sampling thread and the HTTP server until SIGTERM or SIGINT.
+fn serve_until_stopped(
+    sampler: SamplingLoop,
+    listener: TcpListener,
+    listen: SocketAddr,
+    logger: Option<Logger>,
+    status: &str,
+) -> anyhow::Result<()> {
     let shared = Arc::clone(&sampler.shared);
-    let status = service::status_line(&first);
-
     let stop = Arc::new(AtomicBool::new(false));
     let stop_s = Arc::clone(&stop);
     let sampler_thread = std::thread::Builder::new()
@@ -227,8 +226,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             spawn_log_reader(l);
         }
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        info!(listen = %set.listen, "serving /metrics and /healthz");
-        service::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        info!(%listen, "serving /metrics and /healthz");
+        service::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
         axum::serve(listener, serve::router(shared))
             .with_graceful_shutdown(shutdown_signal())
             .await
@@ -238,11 +237,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if sampler_thread.join().is_err() {
         warn!("sampler thread panicked");
     }
-    served.context("serving HTTP")?;
-    info!(
-        "stopped; programs stay attached (pinned) for the next start; `ctx-daemon --detach` removes them"
-    );
-    Ok(())
+    served.context("serving HTTP")
 }
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -253,7 +248,7 @@ fn open_log_reader(prog_id: u32) -> Option<Logger> {
             info!(
                 "hotplug log records of the reused programs are not forwarded ({e}): reading \
                  them by program id needs CAP_SYS_ADMIN"
-            )
+            );
         })
         .ok()
 }
@@ -291,26 +286,23 @@ async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => info!("SIGTERM: stopping"),
-                _ = i.recv() => info!("SIGINT: stopping"),
-            }
+    if let (Ok(mut t), Ok(mut i)) = (term, int) {
+        tokio::select! {
+            _ = t.recv() => info!("SIGTERM: stopping"),
+            _ = i.recv() => info!("SIGINT: stopping"),
         }
-        _ => {
-            warn!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await;
-        }
+    } else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
     }
 }
 
 /// The kernel's own per-CPU context-tracking state, when it can be read (root, /proc/kcore,
-/// KALLSYMS_ALL): the cross-check for ctx's mirror.
-fn print_kernel_states(sys: &SysRoot, layout: ctx::btf::CtLayout) {
+/// `KALLSYMS_ALL`): the cross-check for ctx's mirror.
+fn print_kernel_states(sys: &SysRoot, layout: CtLayout) {
     let Ok(possible) = sys.possible() else { return };
     let n = possible.max().map_or(1, |m| m as usize + 1);
-    match ctx::kstate::KernelCtReader::open(&sys.proc, layout, n) {
+    match KernelCtReader::open(&sys.proc, layout, n) {
         Ok(r) => {
             for cpu in sys.online().unwrap_or_default().iter() {
                 match r.read(cpu) {
@@ -343,7 +335,7 @@ fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
         }
     );
     let caps = sys.effective_caps()?;
-    let missing = ctx::system::missing_caps(caps);
+    let missing = system::missing_caps(caps);
     println!(
         "capabilities: {}",
         if missing.is_empty() {
@@ -352,7 +344,7 @@ fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
             format!("missing {}", missing.join(", "))
         }
     );
-    let btf = ctx::btf::KernelBtf::load(&sys.btf_path());
+    let btf = KernelBtf::load(&sys.btf_path());
     match &btf {
         Ok(b) => {
             println!("BTF: {}", sys.btf_path().display());
@@ -360,7 +352,7 @@ fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
                 println!("kernel context_tracking.state: {}", l.describe());
                 print_kernel_states(sys, l);
             }
-            for h in HOOKS.iter() {
+            for h in &HOOKS {
                 println!(
                     "hook {}:{}: {}",
                     h.group,
@@ -372,7 +364,7 @@ fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
                     }
                 );
             }
-            for (g, tp) in ctx::hooks::DETECTED_ONLY {
+            for (g, tp) in DETECTED_ONLY {
                 println!(
                     "hook {g}:{tp} (reported only): {}",
                     if b.has_tracepoint(tp) {
@@ -385,7 +377,7 @@ fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
         }
         Err(e) => println!("BTF: {e}"),
     }
-    let pinned = set.pin_dir.join("maps").join("CTX_META").exists();
+    let pinned = set.pin_dir.join("maps").join(MAP_META).exists();
     println!(
         "pinned programs: {}",
         if pinned {

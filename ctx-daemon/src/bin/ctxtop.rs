@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use ctx::cli::{is_tty, parse_duration};
-use ctx::loader::DEFAULT_PIN_DIR;
+use ctx::cli::parse_duration;
+use ctx::host::cpuset::CpuSet;
+use ctx::host::system::{SysRoot, is_tty};
+use ctx::outputs::report::{self, Report};
+use ctx::probes::DEFAULT_PIN_DIR;
 use ctx::session::{Attach, Session};
-use ctx::system::{CpuSet, SysRoot};
-use ctx::{report, tui};
+use ctx::tui;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,14 +96,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
             std::thread::sleep(left.min(args.sample_interval));
             last = session.sample().context("sampling")?;
         }
-        let mut rep = report::build(
-            session.header(args.interval, args.sample_interval),
-            &session.probes.hooks,
+        let mut rep = Report::new(
+            session.facts.clone(),
+            args.interval.as_secs_f64(),
+            args.sample_interval.as_secs_f64(),
             &first,
             &last,
         );
         if let Some(keep) = &args.cpus {
-            rep.cpus.retain(|c| keep.contains(c.cpu));
+            rep.interval.cpus.retain(|c| keep.contains(c.facts.cpu));
         }
         if args.json {
             serde_json::to_writer(&mut out, &rep)?;

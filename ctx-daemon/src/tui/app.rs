@@ -10,9 +10,9 @@ use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::event::{self, Event};
 
+use crate::host::cpuset::CpuSet;
 use crate::session::Session;
-use crate::system::CpuSet;
-use crate::tui::state::{Flow, Info, State};
+use crate::tui::state::{Flow, State};
 use crate::tui::term::{self, Input, Ready, TerminalGuard};
 use crate::tui::{keys, render};
 
@@ -31,29 +31,15 @@ const PANIC_ENV: &str = "CTXTOP_TEST_PANIC";
 
 const MAX_EVENTS_PER_ROUND: usize = 64;
 
-pub fn info(session: &Session) -> Info {
-    Info {
-        version: crate::VERSION,
-        host: session.sys.hostname(),
-        kernel: session.sys.kernel_release(),
-        origin: Some(session.probes.origin),
-        nohz_full: session.topo.nohz_full.clone(),
-        isolated: session.topo.isolated.clone(),
-        hooks_missing: session
-            .probes
-            .hooks
-            .hooks
-            .iter()
-            .filter(|(_, s)| !s.active())
-            .map(|(h, s)| format!("{}:{} {s}", h.group, h.tracepoint))
-            .collect(),
-    }
-}
-
+/// Runs the full-screen view until `q`, a quit signal, a hangup or `--count` intervals.
+///
+/// # Panics
+/// On purpose after the first full screen, when `CTXTOP_TEST_PANIC` is set (the
+/// terminal-restore test).
 pub fn run(session: &mut Session, opts: &Options) -> anyhow::Result<()> {
     term::catch_quit_signals().context("installing signal handlers")?;
     let mut state = State::new(
-        info(session),
+        session.facts.clone(),
         opts.interval,
         opts.sample_interval,
         opts.cpus.clone(),
@@ -87,6 +73,7 @@ pub fn run(session: &mut Session, opts: &Options) -> anyhow::Result<()> {
         if dirty {
             terminal.draw(|f| render::render(&state, f.area(), f.buffer_mut()))?;
             dirty = false;
+            #[expect(clippy::manual_assert, reason = "an injected fault, not a check")]
             if inject_panic && state.refreshes > 0 {
                 panic!("{PANIC_ENV} is set: panicking with the screen up");
             }
@@ -108,7 +95,8 @@ pub fn run(session: &mut Session, opts: &Options) -> anyhow::Result<()> {
                             if let Some(a) = keys::map(&k) {
                                 let page = render::page_rows(size.map_or(24, |(_, h)| h));
                                 if state.apply(a, page) == Flow::Quit {
-                                    return finish(terminal, guard);
+                                    finish(terminal, guard);
+                                    return Ok(());
                                 }
                                 dirty = true;
                             }
@@ -150,14 +138,12 @@ pub fn run(session: &mut Session, opts: &Options) -> anyhow::Result<()> {
             }
         }
     }
-    finish(terminal, guard)
+    finish(terminal, guard);
+    Ok(())
 }
 
-fn finish(
-    terminal: Terminal<CrosstermBackend<io::Stdout>>,
-    guard: TerminalGuard,
-) -> anyhow::Result<()> {
+/// Lets go of the terminal before restoring it.
+fn finish(terminal: Terminal<CrosstermBackend<io::Stdout>>, guard: TerminalGuard) {
     drop(terminal);
     drop(guard);
-    Ok(())
 }

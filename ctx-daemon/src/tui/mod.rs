@@ -15,4 +15,4 @@ pub mod state;
 pub mod term;
 
 pub use keys::Action;
-pub use state::{Flow, Info, SortKey, State};
+pub use state::{Flow, SortKey, State};

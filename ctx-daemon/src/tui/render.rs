@@ -6,16 +6,15 @@
 //! column names), one row per CPU, the ALL row, and a footer with the keys. Columns narrow
 //! below 116 columns and the least important ones go below 75.
 
-use ctx_common::{CpuState, Verdict};
+use ctx_common::{CpuState, Source, Verdict};
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Widget};
 
-use crate::loader::Origin;
-use crate::model::SourceLabel;
-use crate::tui::state::{CpuRow, HISTORY, SortKey, State, Totals, totals};
+use crate::model::Origin;
+use crate::tui::state::{AllRow, CpuRow, HISTORY, Rates, SortKey, State, all_row};
 
 const HEADER_LINES: u16 = 3;
 const TABLE_HEAD_LINES: u16 = 2;
@@ -68,7 +67,7 @@ pub fn render(state: &State, area: Rect, buf: &mut Buffer) {
     y = body_end;
 
     if s.foot == FOOT_LINES {
-        put(buf, &all_line(&cols, &totals(&rows)), &mut y);
+        put(buf, &all_line(&cols, &all_row(&rows)), &mut y);
         put(
             buf,
             &footer_line(area.width, first, page, rows.len()),
@@ -196,10 +195,11 @@ impl Cols {
     }
 }
 
-/// Wide enough for the highest CPU id plus the nohz_full mark, and for "ALL".
+/// Wide enough for the highest CPU id plus the `nohz_full` mark, and for "ALL".
 fn cpu_width(state: &State) -> u16 {
-    let max = state.rows.iter().map(|r| r.cpu).max().unwrap_or(0);
-    (max.to_string().len() as u16 + 1).max(3)
+    let max = state.rows.iter().map(CpuRow::cpu).max().unwrap_or(0);
+    // Four digits at most (8191).
+    (narrow(max.to_string().len()) + 1).max(3)
 }
 
 /// Dropped in this order when even the narrow columns do not fit.
@@ -247,7 +247,7 @@ fn columns(width: u16, cpu_w: u16) -> Cols {
     // The trend takes what is left, up to the history kept.
     let spare = width.saturating_sub(used(&list));
     if let Some((_, w)) = list.iter_mut().find(|(c, _)| *c == Col::Trend) {
-        *w = (*w + spare).min(HISTORY as u16);
+        *w = (*w + spare).min(narrow(HISTORY));
     }
     Cols { list, wide }
 }
@@ -294,7 +294,17 @@ fn fmt_rate(x: f64, w: u16) -> String {
         .unwrap_or_else(|| "+".repeat(w.min(1)))
 }
 
+/// A count of cells or lines as a terminal coordinate; terminals stop at 65535 anyway.
+fn narrow(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
 /// Splits `w` cells among the four shares by largest remainder, so the bar is always `w` long.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "each share's cells lie between 0 and `w`"
+)]
 fn bar_cells(p: [f64; 4], w: u16) -> [u16; 4] {
     let total: f64 = p.iter().sum();
     if total <= 0.0 {
@@ -340,6 +350,11 @@ const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'
 
 /// Kernel share per interval on a fixed 0-100 % scale, newest on the right, so that rows
 /// compare at a glance. Any kernel time shows above the floor.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a clamped share scaled to a glyph index, 0 to 7"
+)]
 fn sparkline(hist: &[Option<f64>], w: u16) -> String {
     let w = usize::from(w);
     let tail = &hist[hist.len().saturating_sub(w)..];
@@ -375,26 +390,29 @@ fn join(cells: Vec<Vec<Span<'static>>>) -> Line<'static> {
 fn cpu_line(cols: &Cols, r: &CpuRow) -> Line<'static> {
     let cell = |c: Col, w: u16| -> Vec<Span<'static>> {
         let num = |s: String, style: Style| vec![Span::styled(pad_left(&s, w), style)];
-        if !r.online && c != Col::Cpu {
+        let (facts, status) = (&r.iv.facts, &r.iv.status);
+        if !facts.online && c != Col::Cpu {
             return match c {
                 Col::State => vec![Span::styled(pad_right("off", w), dim())],
                 _ => num("-".into(), dim()),
             };
         }
-        let pct = |i: usize| num(dash_or(r.pct, |p| fmt_pct(p[i], w)), Style::new());
-        let rate = |f: fn(&crate::tui::state::Rates) -> f64, style: Style| {
-            num(dash_or(r.rates.as_ref(), |x| fmt_rate(f(x), w)), style)
+        let shares = r.pct().map(|p| p.as_array());
+        let rates = r.rates();
+        let pct = |i: usize| num(dash_or(shares, |p| fmt_pct(p[i], w)), Style::new());
+        let rate = |f: fn(&Rates) -> f64, style: Style| {
+            num(dash_or(rates.as_ref(), |x| fmt_rate(f(x), w)), style)
         };
         match c {
             Col::Cpu => {
-                let mark = if r.nohz_full { "*" } else { " " };
-                vec![Span::raw(pad_left(&format!("{}{mark}", r.cpu), w))]
+                let mark = if facts.nohz_full { "*" } else { " " };
+                vec![Span::raw(pad_left(&format!("{}{mark}", facts.cpu), w))]
             }
             Col::State => vec![Span::styled(
-                pad_right(r.state.map_or("-", state_label), w),
-                state_style(r.state),
+                pad_right(status.state.map_or("-", state_label), w),
+                state_style(status.state),
             )],
-            Col::Bar => bar_spans(r.pct, w),
+            Col::Bar => bar_spans(shares, w),
             Col::Usr => pct(0),
             Col::Krn => pct(1),
             Col::Idl => pct(2),
@@ -403,7 +421,7 @@ fn cpu_line(cols: &Cols, r: &CpuRow) -> Line<'static> {
             Col::Nmis => rate(|x| x.nmis, Style::new()),
             Col::Ipis => rate(|x| x.ipis, Style::new()),
             Col::Avoid => {
-                let hot = r.rates.is_some_and(|x| x.avoidable_ipis > 0.0);
+                let hot = rates.is_some_and(|x| x.avoidable_ipis > 0.0);
                 let style = if hot {
                     Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
                 } else {
@@ -411,7 +429,7 @@ fn cpu_line(cols: &Cols, r: &CpuRow) -> Line<'static> {
                 };
                 rate(|x| x.avoidable_ipis, style)
             }
-            Col::Verdict => match r.verdict {
+            Col::Verdict => match status.verdict {
                 Some(v) => {
                     let (label, style) = verdict_cell(v, cols.wide);
                     vec![Span::styled(pad_right(label, w), style)]
@@ -419,7 +437,7 @@ fn cpu_line(cols: &Cols, r: &CpuRow) -> Line<'static> {
                 None => vec![Span::raw(pad_right("-", w))],
             },
             Col::Need => num(
-                dash_or(r.need_pct(), |p| fmt_pct(p, w.min(4))),
+                dash_or(r.iv.need_pct(), |p| fmt_pct(p, w.min(4))),
                 Style::new(),
             ),
             Col::Trend => {
@@ -434,17 +452,17 @@ fn cpu_line(cols: &Cols, r: &CpuRow) -> Line<'static> {
     join(cols.list.iter().map(|(c, w)| cell(*c, *w)).collect())
 }
 
-fn all_line(cols: &Cols, t: &Totals) -> Line<'static> {
+fn all_line(cols: &Cols, t: &AllRow) -> Line<'static> {
+    let shares = t.totals.pct.map(|p| p.as_array());
+    let rates = t.rates();
     let cell = |c: Col, w: u16| -> Vec<Span<'static>> {
         let num = |s: String| vec![Span::raw(pad_left(&s, w))];
-        let pct = |i: usize| num(dash_or(t.pct, |p| fmt_pct(p[i], w)));
-        let rate = |f: fn(&crate::tui::state::Rates) -> f64| {
-            num(dash_or(t.rates.as_ref(), |x| fmt_rate(f(x), w)))
-        };
+        let pct = |i: usize| num(dash_or(shares, |p| fmt_pct(p[i], w)));
+        let rate = |f: fn(&Rates) -> f64| num(dash_or(rates.as_ref(), |x| fmt_rate(f(x), w)));
         match c {
             Col::Cpu => vec![Span::raw(pad_right("ALL", w))],
-            Col::State => vec![Span::raw(pad_right("", w))],
-            Col::Bar => bar_spans(t.pct, w),
+            Col::State | Col::Verdict => vec![Span::raw(pad_right("", w))],
+            Col::Bar => bar_spans(shares, w),
             Col::Usr => pct(0),
             Col::Krn => pct(1),
             Col::Idl => pct(2),
@@ -453,8 +471,7 @@ fn all_line(cols: &Cols, t: &Totals) -> Line<'static> {
             Col::Nmis => rate(|x| x.nmis),
             Col::Ipis => rate(|x| x.ipis),
             Col::Avoid => rate(|x| x.avoidable_ipis),
-            Col::Verdict => vec![Span::raw(pad_right("", w))],
-            Col::Need => num(dash_or(t.need_pct, |p| fmt_pct(p, w.min(4)))),
+            Col::Need => num(dash_or(t.totals.need_pct(), |p| fmt_pct(p, w.min(4)))),
             Col::Trend => vec![Span::styled(
                 sparkline(&t.kernel_hist, w),
                 Style::new().fg(Color::Yellow),
@@ -474,9 +491,8 @@ fn name(c: Col, w: u16, wide: bool) -> &'static str {
         Col::Usr => "usr",
         Col::Krn => "krn",
         Col::Idl => "idl",
-        Col::Nmi => "nmi",
+        Col::Nmi | Col::Nmis => "nmi",
         Col::Entries => "entry",
-        Col::Nmis => "nmi",
         Col::Ipis => "ipi",
         Col::Avoid => "avoid",
         Col::Verdict if wide => "verdict",
@@ -589,7 +605,7 @@ fn trim(x: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-fn set_or_dash(s: &crate::system::CpuSet) -> String {
+fn set_or_dash(s: &crate::host::cpuset::CpuSet) -> String {
     if s.is_empty() {
         "-".into()
     } else {
@@ -598,11 +614,10 @@ fn set_or_dash(s: &crate::system::CpuSet) -> String {
 }
 
 fn header_lines(state: &State) -> [Line<'static>; 3] {
-    let i = &state.info;
+    let i = &state.facts;
     let probes = match i.origin {
-        Some(Origin::Pinned) => "probes of ctx-daemon (pinned)",
-        Some(Origin::Loaded) => "probes loaded by ctxtop",
-        None => "probes -",
+        Origin::Pinned => "probes of ctx-daemon (pinned)",
+        Origin::Loaded => "probes loaded by ctxtop",
     };
     let l1 = Line::from(vec![
         Span::styled("ctxtop", bold()),
@@ -653,11 +668,11 @@ fn header_lines(state: &State) -> [Line<'static>; 3] {
     [l1, l2, Line::from(l3)]
 }
 
-fn short_source(s: SourceLabel) -> &'static str {
+/// A source among several in the header; CPUs that no hook drives yet read better as such.
+fn short_source(s: Source) -> &'static str {
     match s {
-        SourceLabel::ContextTracking => "context_tracking",
-        SourceLabel::Syscalls => "syscalls",
-        SourceLabel::None => "no hook",
+        Source::None => "no hook",
+        s => s.as_str(),
     }
 }
 
@@ -708,15 +723,14 @@ fn help(state: &State, area: Rect, buf: &mut Buffer) {
     .into_iter()
     .map(Line::raw)
     .collect();
-    if !state.info.hooks_missing.is_empty() {
+    let mut missing = state.facts.hooks_not_in_use().peekable();
+    if missing.peek().is_some() {
         lines.push(Line::raw(""));
         lines.push(Line::raw("hooks not in use:"));
-        for h in &state.info.hooks_missing {
-            lines.push(Line::raw(format!("  {h}")));
-        }
+        lines.extend(missing.map(|h| Line::raw(format!("  {h}"))));
     }
     let w = area.width.min(76);
-    let h = area.height.min(lines.len() as u16 + 2);
+    let h = area.height.min(narrow(lines.len()) + 2);
     let r = Rect::new(
         area.x + (area.width - w) / 2,
         area.y + (area.height - h) / 2,
@@ -725,7 +739,7 @@ fn help(state: &State, area: Rect, buf: &mut Buffer) {
     );
     Clear.render(r, buf);
     Paragraph::new(lines)
-        .block(Block::bordered().title(format!(" ctxtop {} help ", state.info.version)))
+        .block(Block::bordered().title(format!(" ctxtop {} help ", state.facts.version)))
         .render(r, buf);
 }
 
@@ -796,7 +810,7 @@ mod tests {
         assert!(!c.wide);
         let c = columns(200, 4);
         assert!(c.wide);
-        assert_eq!(c.width(Col::Trend), Some(HISTORY as u16));
+        assert_eq!(c.width(Col::Trend), Some(narrow(HISTORY)));
         let c = columns(40, 4);
         assert!(c.width(Col::Trend).is_none());
         assert!(c.width(Col::Krn).is_some());

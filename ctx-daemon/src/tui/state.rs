@@ -6,12 +6,10 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use ctx_common::{CpuState, Verdict};
+use ctx_common::Source;
 
-use crate::loader::Origin;
-use crate::model::{CpuView, Sample, SourceLabel};
-use crate::report;
-use crate::system::CpuSet;
+use crate::host::cpuset::CpuSet;
+use crate::model::{Counts, CpuInterval, Facts, Interval, Sample, Shares, Totals};
 use crate::tui::keys::Action;
 
 /// Kernel-share points kept per CPU: the widest sparkline the view draws.
@@ -31,21 +29,7 @@ pub const INTERVAL_STEPS: [Duration; 9] = [
     Duration::from_secs(60),
 ];
 
-/// Facts about the host and the probes, fixed for the session.
-#[derive(Clone, Debug, Default)]
-pub struct Info {
-    pub version: &'static str,
-    pub host: String,
-    pub kernel: String,
-    /// Whether ctxtop reads a daemon's pinned maps or loaded its own programs.
-    pub origin: Option<Origin>,
-    pub nohz_full: CpuSet,
-    pub isolated: CpuSet,
-    /// Hooks that are not attached, with why (`context_tracking:user_enter absent`).
-    pub hooks_missing: Vec<String>,
-}
-
-/// Rates over the last interval, per second.
+/// Rates over the last interval, per second: the view's columns.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Rates {
     pub kernel_entries: f64,
@@ -55,76 +39,61 @@ pub struct Rates {
     pub avoidable_ipis: f64,
 }
 
+impl Rates {
+    /// `None` for an empty interval (before the first one completes).
+    fn of(c: &Counts, per_second: impl Fn(u64) -> Option<f64>) -> Option<Self> {
+        Some(Self {
+            kernel_entries: per_second(c.kernel_entries)?,
+            nmis: per_second(c.nmis)?,
+            ipis: per_second(c.ipis())?,
+            avoidable_ipis: per_second(c.avoidable_ipis())?,
+        })
+    }
+}
+
+/// One CPU in the view: the model's interval, plus the kernel share of past intervals.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CpuRow {
-    pub cpu: u32,
-    pub online: bool,
-    pub nohz_full: bool,
-    pub isolated: bool,
-    pub source: SourceLabel,
-    /// At the interval's last sample; `None` before the CPU's first event.
-    pub state: Option<CpuState>,
-    pub verdict: Option<Verdict>,
-    /// user, kernel, idle, nmi % of the interval; `None` before the first interval or when
-    /// the CPU accumulated no time.
-    pub pct: Option<[f64; 4]>,
-    pub rates: Option<Rates>,
-    /// Samples in the interval by `Verdict as usize`.
-    pub samples: [u64; 3],
+    /// The last completed interval; before the first, the CPU as one sample shows it.
+    pub iv: CpuInterval,
     /// Kernel share of past intervals, oldest first; `None` for an interval without data.
     pub kernel_hist: VecDeque<Option<f64>>,
 }
 
 impl CpuRow {
-    /// The row as one sample shows it: facts and state, no interval figures yet.
-    fn at_sample(v: &CpuView) -> Self {
-        Self {
-            cpu: v.cpu,
-            online: v.online,
-            nohz_full: v.nohz_full,
-            isolated: v.isolated,
-            source: v.source,
-            state: v.state,
-            verdict: v.verdict,
-            pct: None,
-            rates: None,
-            samples: [0; 3],
-            kernel_hist: VecDeque::new(),
+    pub fn cpu(&self) -> u32 {
+        self.iv.facts.cpu
+    }
+
+    /// Shares of the interval; offline CPUs show none.
+    pub fn pct(&self) -> Option<Shares> {
+        self.iv.pct().filter(|_| self.iv.facts.online)
+    }
+
+    /// Per second over the interval; offline CPUs show none.
+    pub fn rates(&self) -> Option<Rates> {
+        if !self.iv.facts.online {
+            return None;
         }
-    }
-}
-
-impl CpuRow {
-    /// nohz_full or isolcpus: the CPUs an operator isolated.
-    pub fn isolated_any(&self) -> bool {
-        self.nohz_full || self.isolated
-    }
-
-    /// Share of the interval's samples that found the CPU needing an IPI.
-    pub fn need_pct(&self) -> Option<f64> {
-        share(
-            self.samples[Verdict::IpiNeeded as usize],
-            self.samples.iter().sum(),
-        )
+        Rates::of(&self.iv.counts, |n| self.iv.per_second(n))
     }
 
     fn kernel_pct(&self) -> Option<f64> {
-        self.pct.map(|p| p[1])
+        self.pct().map(|p| p.kernel)
     }
 }
 
-fn share(part: u64, total: u64) -> Option<f64> {
-    (total > 0).then(|| part as f64 * 100.0 / total as f64)
+/// The ALL row over the rows shown: the model's totals, and the trend averaged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AllRow {
+    pub totals: Totals,
+    pub kernel_hist: Vec<Option<f64>>,
 }
 
-/// The ALL row: percentages averaged over the rows shown, counts summed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Totals {
-    pub cpus: usize,
-    pub pct: Option<[f64; 4]>,
-    pub rates: Option<Rates>,
-    pub need_pct: Option<f64>,
-    pub kernel_hist: Vec<Option<f64>>,
+impl AllRow {
+    pub fn rates(&self) -> Option<Rates> {
+        Rates::of(&self.totals.counts, |n| self.totals.per_second(n))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +118,7 @@ impl SortKey {
         Self::KernelEntries,
     ];
 
+    #[must_use]
     pub fn next(self) -> Self {
         let i = Self::ALL.iter().position(|k| *k == self).unwrap_or(0);
         Self::ALL[(i + 1) % Self::ALL.len()]
@@ -168,12 +138,12 @@ impl SortKey {
 
     fn value(self, r: &CpuRow) -> Option<f64> {
         match self {
-            Self::Cpu => Some(f64::from(r.cpu)),
+            Self::Cpu => Some(f64::from(r.cpu())),
             Self::Kernel => r.kernel_pct(),
-            Self::Ipis => r.rates.map(|x| x.ipis),
-            Self::Avoidable => r.rates.map(|x| x.avoidable_ipis),
-            Self::IpiNeeded => r.need_pct(),
-            Self::KernelEntries => r.rates.map(|x| x.kernel_entries),
+            Self::Ipis => r.rates().map(|x| x.ipis),
+            Self::Avoidable => r.rates().map(|x| x.avoidable_ipis),
+            Self::IpiNeeded => r.iv.need_pct(),
+            Self::KernelEntries => r.rates().map(|x| x.kernel_entries),
         }
     }
 
@@ -181,7 +151,7 @@ impl SortKey {
     /// order so that the view does not shuffle between refreshes.
     fn cmp(self, a: &CpuRow, b: &CpuRow) -> Ordering {
         if self == Self::Cpu {
-            return a.cpu.cmp(&b.cpu);
+            return a.cpu().cmp(&b.cpu());
         }
         let by_value = match (self.value(a), self.value(b)) {
             (Some(x), Some(y)) => y.total_cmp(&x),
@@ -189,7 +159,7 @@ impl SortKey {
             (None, Some(_)) => Ordering::Greater,
             (None, None) => Ordering::Equal,
         };
-        by_value.then(a.cpu.cmp(&b.cpu))
+        by_value.then(a.cpu().cmp(&b.cpu()))
     }
 }
 
@@ -202,7 +172,7 @@ pub enum Flow {
 
 #[derive(Clone, Debug)]
 pub struct State {
-    pub info: Info,
+    pub facts: Facts,
     pub interval: Duration,
     pub sample_interval: Duration,
     /// Every possible CPU, by id.
@@ -225,13 +195,13 @@ pub struct State {
 
 impl State {
     pub fn new(
-        info: Info,
+        facts: Facts,
         interval: Duration,
         sample_interval: Duration,
         only: Option<CpuSet>,
     ) -> Self {
         Self {
-            info,
+            facts,
             interval,
             sample_interval,
             rows: Vec::new(),
@@ -249,7 +219,14 @@ impl State {
 
     /// Shows the CPUs and their state before the first interval completes.
     pub fn show_sample(&mut self, s: &Sample) {
-        self.rows = s.cpus.iter().map(CpuRow::at_sample).collect();
+        self.rows = s
+            .cpus
+            .iter()
+            .map(|c| CpuRow {
+                iv: CpuInterval::start(c),
+                kernel_hist: VecDeque::new(),
+            })
+            .collect();
         self.sweep_ns = s.sweep_ns;
     }
 
@@ -257,36 +234,25 @@ impl State {
     pub fn push_interval(&mut self, first: &Sample, last: &Sample) {
         let mut old: HashMap<u32, VecDeque<Option<f64>>> = std::mem::take(&mut self.rows)
             .into_iter()
-            .map(|r| (r.cpu, r.kernel_hist))
+            .map(|r| (r.cpu(), r.kernel_hist))
             .collect();
-        let mut rows = Vec::with_capacity(last.cpus.len());
-        for (v, iv) in report::intervals(first, last) {
-            let mut hist = old.remove(&v.cpu).unwrap_or_default();
-            let pct = if v.online { iv.pct } else { None };
-            if hist.len() == HISTORY {
-                hist.pop_front();
-            }
-            hist.push_back(pct.map(|p| p[1]));
-            rows.push(CpuRow {
-                pct,
-                rates: v.online.then(|| Rates {
-                    kernel_entries: iv.per_sec(iv.kernel_entries),
-                    nmis: iv.per_sec(iv.nmis),
-                    ipis: iv.per_sec(iv.ipis),
-                    avoidable_ipis: iv.per_sec(iv.avoidable_ipis),
-                }),
-                samples: iv.verdicts,
-                kernel_hist: hist,
-                ..CpuRow::at_sample(&v)
-            });
-        }
-        self.rows = rows;
-        self.samples = self
-            .rows
-            .iter()
-            .map(|r| r.samples.iter().sum::<u64>())
-            .max()
-            .unwrap_or(0);
+        let interval = Interval::between(first, last);
+        self.samples = interval.samples();
+        self.rows = interval
+            .cpus
+            .into_iter()
+            .map(|iv| {
+                let mut row = CpuRow {
+                    iv,
+                    kernel_hist: old.remove(&iv.facts.cpu).unwrap_or_default(),
+                };
+                if row.kernel_hist.len() == HISTORY {
+                    row.kernel_hist.pop_front();
+                }
+                row.kernel_hist.push_back(row.kernel_pct());
+                row
+            })
+            .collect();
         self.sweep_ns = last.sweep_ns;
         self.refreshes += 1;
     }
@@ -296,20 +262,20 @@ impl State {
         let mut v: Vec<&CpuRow> = self
             .rows
             .iter()
-            .filter(|r| self.only.as_ref().is_none_or(|o| o.contains(r.cpu)))
-            .filter(|r| !self.isolated_only || r.isolated_any())
+            .filter(|r| self.only.as_ref().is_none_or(|o| o.contains(r.cpu())))
+            .filter(|r| !self.isolated_only || r.iv.facts.isolated_any())
             .collect();
         v.sort_by(|a, b| self.sort.cmp(a, b));
         v
     }
 
     /// CPUs by the hook that drives them, when more than one hook does (online CPUs only).
-    pub fn sources(&self) -> Vec<(SourceLabel, CpuSet)> {
-        let mut out: Vec<(SourceLabel, CpuSet)> = Vec::new();
-        for r in self.rows.iter().filter(|r| r.online) {
-            match out.iter_mut().find(|(s, _)| *s == r.source) {
-                Some((_, set)) => set.insert(r.cpu),
-                None => out.push((r.source, std::iter::once(r.cpu).collect())),
+    pub fn sources(&self) -> Vec<(Source, CpuSet)> {
+        let mut out: Vec<(Source, CpuSet)> = Vec::new();
+        for f in self.rows.iter().map(|r| r.iv.facts).filter(|f| f.online) {
+            match out.iter_mut().find(|(s, _)| *s == f.source) {
+                Some((_, set)) => set.insert(f.cpu),
+                None => out.push((f.source, std::iter::once(f.cpu).collect())),
             }
         }
         out
@@ -378,31 +344,7 @@ impl State {
 }
 
 /// The ALL row over `rows`.
-pub fn totals(rows: &[&CpuRow]) -> Totals {
-    let with_pct: Vec<[f64; 4]> = rows.iter().filter_map(|r| r.pct).collect();
-    let pct = (!with_pct.is_empty()).then(|| {
-        let mut p = [0.0; 4];
-        for x in &with_pct {
-            for i in 0..4 {
-                p[i] += x[i];
-            }
-        }
-        p.map(|v| v / with_pct.len() as f64)
-    });
-    let with_rates: Vec<Rates> = rows.iter().filter_map(|r| r.rates).collect();
-    let rates = (!with_rates.is_empty()).then(|| {
-        with_rates.iter().fold(Rates::default(), |a, r| Rates {
-            kernel_entries: a.kernel_entries + r.kernel_entries,
-            nmis: a.nmis + r.nmis,
-            ipis: a.ipis + r.ipis,
-            avoidable_ipis: a.avoidable_ipis + r.avoidable_ipis,
-        })
-    });
-    let need: u64 = rows
-        .iter()
-        .map(|r| r.samples[Verdict::IpiNeeded as usize])
-        .sum();
-    let all: u64 = rows.iter().map(|r| r.samples.iter().sum::<u64>()).sum();
+pub fn all_row(rows: &[&CpuRow]) -> AllRow {
     // Histories end together (every row gets a point per interval); average them aligned at
     // the newest point.
     let len = rows.iter().map(|r| r.kernel_hist.len()).max().unwrap_or(0);
@@ -419,43 +361,58 @@ pub fn totals(rows: &[&CpuRow]) -> Totals {
             (!pts.is_empty()).then(|| pts.iter().sum::<f64>() / pts.len() as f64)
         })
         .collect();
-    Totals {
-        cpus: rows.len(),
-        pct,
-        rates,
-        need_pct: share(need, all),
+    AllRow {
+        totals: Totals::of(rows.iter().map(|r| &r.iv)),
         kernel_hist,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use ctx_common::{Arrival, CpuState, IrqKind, Residency, Verdict};
 
-    fn row(cpu: u32, kernel: Option<f64>, ipis: f64, nohz: bool) -> CpuRow {
-        CpuRow {
-            cpu,
-            online: true,
-            nohz_full: nohz,
-            isolated: false,
-            source: SourceLabel::Syscalls,
-            state: Some(CpuState::User),
-            verdict: Some(Verdict::Deferrable),
-            pct: kernel.map(|k| [100.0 - k, k, 0.0, 0.0]),
-            rates: Some(Rates {
-                kernel_entries: 10.0,
-                nmis: 0.0,
-                ipis,
-                avoidable_ipis: ipis / 2.0,
+    use super::*;
+    use crate::model::{CpuFacts, CpuStatus, Samples};
+
+    /// A CPU over one second: `kernel` % kernel (the rest user), `ipis` reschedule IPIs
+    /// in kernel, ten kernel entries, one sample in ten needing an IPI.
+    fn row(cpu: u32, kernel: Option<u64>, ipis: u64, nohz: bool) -> CpuRow {
+        let mut counts = Counts {
+            residency: kernel.map_or_else(Residency::default, |k| Residency {
+                user: (100 - k) * 10_000_000,
+                kernel: k * 10_000_000,
+                ..Residency::default()
             }),
-            samples: [1, 9, 0],
-            kernel_hist: kernel.into_iter().map(Some).collect(),
+            kernel_entries: 10,
+            samples: Samples::from_array([1, 9, 0]),
+            ..Counts::default()
+        };
+        counts.irqs.set(IrqKind::Reschedule, Arrival::Kernel, ipis);
+        CpuRow {
+            iv: CpuInterval {
+                facts: CpuFacts {
+                    cpu,
+                    online: true,
+                    nohz_full: nohz,
+                    isolated: false,
+                    source: Source::Syscalls,
+                },
+                status: CpuStatus {
+                    state: Some(CpuState::User),
+                    verdict: Some(Verdict::Deferrable),
+                    counter: 2,
+                    stale: false,
+                },
+                dt_ns: 1_000_000_000,
+                counts,
+            },
+            kernel_hist: kernel.map(|k| k as f64).into_iter().map(Some).collect(),
         }
     }
 
     fn state(rows: Vec<CpuRow>) -> State {
         let mut s = State::new(
-            Info::default(),
+            Facts::default(),
             Duration::from_secs(1),
             Duration::from_millis(10),
             None,
@@ -465,7 +422,7 @@ mod tests {
     }
 
     fn ids(s: &State) -> Vec<u32> {
-        s.visible().iter().map(|r| r.cpu).collect()
+        s.visible().iter().map(|r| r.cpu()).collect()
     }
 
     #[test]
@@ -480,10 +437,10 @@ mod tests {
     #[test]
     fn sort_by_kernel_puts_busiest_first_and_no_data_last() {
         let mut s = state(vec![
-            row(0, Some(5.0), 1.0, false),
-            row(1, None, 0.0, true),
-            row(2, Some(50.0), 3.0, true),
-            row(3, Some(5.0), 2.0, false),
+            row(0, Some(5), 1, false),
+            row(1, None, 0, true),
+            row(2, Some(50), 3, true),
+            row(3, Some(5), 2, false),
         ]);
         assert_eq!(ids(&s), [0, 1, 2, 3]);
         s.apply(Action::CycleSort, 10);
@@ -497,11 +454,11 @@ mod tests {
     #[test]
     fn isolated_filter_and_cpu_list_combine() {
         let mut s = state(vec![
-            row(0, Some(1.0), 0.0, false),
-            row(1, Some(1.0), 0.0, true),
-            row(2, Some(1.0), 0.0, true),
+            row(0, Some(1), 0, false),
+            row(1, Some(1), 0, true),
+            row(2, Some(1), 0, true),
         ]);
-        s.rows[0].isolated = false;
+        s.rows[0].iv.facts.isolated = false;
         s.apply(Action::ToggleIsolated, 10);
         assert_eq!(ids(&s), [1, 2]);
         s.only = Some("0-1".parse().unwrap());
@@ -512,7 +469,7 @@ mod tests {
 
     #[test]
     fn scrolling_stops_at_the_last_full_page() {
-        let mut s = state((0..10).map(|c| row(c, Some(1.0), 0.0, false)).collect());
+        let mut s = state((0..10).map(|c| row(c, Some(1), 0, false)).collect());
         s.apply(Action::PageDown, 4);
         assert_eq!(s.scroll, 4);
         s.apply(Action::PageDown, 4);
@@ -565,7 +522,7 @@ mod tests {
 
     #[test]
     fn help_swallows_the_key_that_closes_it_but_not_quit() {
-        let mut s = state(vec![row(0, Some(1.0), 0.0, true)]);
+        let mut s = state(vec![row(0, Some(1), 0, true)]);
         s.apply(Action::ToggleHelp, 1);
         assert!(s.help);
         s.apply(Action::ToggleIsolated, 1);
@@ -587,34 +544,35 @@ mod tests {
     }
 
     #[test]
-    fn totals_average_shares_and_sum_rates() {
-        let a = row(0, Some(10.0), 4.0, false);
-        let mut b = row(1, Some(30.0), 2.0, false);
+    fn all_row_averages_shares_sums_rates_and_aligns_trends() {
+        let a = row(0, Some(10), 4, false);
+        let mut b = row(1, Some(30), 2, false);
         b.kernel_hist = [Some(0.0), Some(30.0)].into_iter().collect();
-        let c = row(2, None, 0.0, false);
-        let t = totals(&[&a, &b, &c]);
-        assert_eq!(t.cpus, 3);
-        assert_eq!(t.pct.map(|p| p[1]), Some(20.0));
-        assert_eq!(t.rates.map(|r| r.ipis), Some(6.0));
-        assert_eq!(t.need_pct, Some(10.0));
+        let c = row(2, None, 0, false);
+        let t = all_row(&[&a, &b, &c]);
+        assert_eq!(t.totals.online, 3);
+        assert_eq!(t.totals.pct.map(|p| p.kernel), Some(20.0));
+        assert_eq!(t.rates().map(|r| r.ipis), Some(6.0));
+        assert_eq!(t.totals.need_pct(), Some(10.0));
         assert_eq!(t.kernel_hist, [Some(0.0), Some(20.0)]);
-        let empty = totals(&[]);
-        assert_eq!(empty.pct, None);
-        assert_eq!(empty.need_pct, None);
+        let empty = all_row(&[]);
+        assert_eq!(empty.totals.pct, None);
+        assert_eq!(empty.totals.need_pct(), None);
+        assert_eq!(empty.rates(), None);
     }
 
     #[test]
     fn sources_are_grouped() {
         let mut s = state(vec![
-            row(0, None, 0.0, false),
-            row(1, None, 0.0, true),
-            row(2, None, 0.0, true),
+            row(0, None, 0, false),
+            row(1, None, 0, true),
+            row(2, None, 0, true),
         ]);
         assert_eq!(s.sources().len(), 1);
-        s.rows[1].source = SourceLabel::ContextTracking;
-        s.rows[2].source = SourceLabel::ContextTracking;
+        s.rows[1].iv.facts.source = Source::ContextTracking;
+        s.rows[2].iv.facts.source = Source::ContextTracking;
         let src = s.sources();
-        assert_eq!(src[1].0, SourceLabel::ContextTracking);
+        assert_eq!(src[1].0, Source::ContextTracking);
         assert_eq!(src[1].1.to_string(), "1-2");
     }
 }

@@ -91,8 +91,8 @@ pub fn catch_quit_signals() -> io::Result<()> {
         let rc = unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut())
+            libc::sigemptyset(&raw mut sa.sa_mask);
+            libc::sigaction(sig, &raw const sa, std::ptr::null_mut())
         };
         if rc != 0 {
             return Err(io::Error::last_os_error());
@@ -127,7 +127,7 @@ pub struct Input {
 
 impl Input {
     pub fn open() -> io::Result<Self> {
-        if crate::cli::is_tty(libc::STDIN_FILENO) {
+        if crate::host::system::is_tty(libc::STDIN_FILENO) {
             return Ok(Self {
                 fd: libc::STDIN_FILENO,
                 _tty: None,
@@ -158,9 +158,9 @@ impl Input {
             revents: 0,
         };
         // Round up: a 0 ms timeout for 0.4 ms left would busy-loop until the deadline.
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd, count 1.
-        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        let n = unsafe { libc::poll(&raw mut p, 1, ms) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted {

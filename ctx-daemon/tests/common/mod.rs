@@ -1,7 +1,9 @@
-//! Shared by the tests that run ctxtop against the real kernel: when to skip, and a pinned
-//! user-space spinner.
+//! Shared by the integration tests: golden files, when a real-kernel test must skip, and a
+//! pinned user-space spinner.
 
 #![allow(dead_code, reason = "each test binary uses its own subset")]
+
+pub mod golden;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -9,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ctx::system::{CpuSet, SysRoot};
+use ctx::host::cpuset::CpuSet;
+use ctx::host::system::SysRoot;
 
 /// The ctxtop under test: this build's, or `CTXTOP_BIN` (say, a release build, whose
 /// `panic = "abort"` takes the panic hook's path out).
@@ -43,7 +46,7 @@ pub fn skip_reason(need_cpu: Option<u32>, need_tools: &[&str]) -> Option<String>
     None
 }
 
-/// Says why a test is skipped, so a skip is never silent; with CTX_REQUIRE_KERNEL_TESTS=1
+/// Says why a test is skipped, so a skip is never silent; with `CTX_REQUIRE_KERNEL_TESTS=1`
 /// (set by CI, as for the host-kernel tests) a skip is a failure.
 pub fn skip(test: &str, why: &str) {
     let required = std::env::var("CTX_REQUIRE_KERNEL_TESTS").is_ok_and(|v| v == "1");
@@ -60,7 +63,7 @@ pub fn online() -> CpuSet {
         .expect("reading the online CPUs")
 }
 
-/// CPUs an operator isolated: nohz_full or isolcpus.
+/// CPUs an operator isolated: `nohz_full` or isolcpus.
 pub fn isolated() -> CpuSet {
     let sys = SysRoot::default();
     sys.nohz_full()
@@ -69,7 +72,7 @@ pub fn isolated() -> CpuSet {
         .collect()
 }
 
-/// A thread pinned to one CPU, spinning in user space until dropped; SCHED_FIFO as a trading
+/// A thread pinned to one CPU, spinning in user space until dropped; `SCHED_FIFO` as a trading
 /// or vRAN spinner would be, so that the CPU really is ~100 % user even on a busy shared host
 /// (at nice 0, parallel builds on the same CPU made the true share ~85 %, as /proc/stat
 /// agreed). Only while the kernel throttles RT tasks, so the CPU's other tasks keep running;
@@ -90,12 +93,12 @@ impl Spinner {
                 // SAFETY: plain syscalls on this thread with a valid sched_param.
                 && unsafe {
                     let p = libc::sched_param { sched_priority: 1 };
-                    libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) == 0
+                    libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const p) == 0
                 };
             if !fifo {
                 // SAFETY: a plain syscall on this thread.
                 unsafe {
-                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -20);
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid().cast_unsigned(), -20);
                 }
             }
             let _ = ready_tx.send(());
@@ -145,7 +148,7 @@ pub fn pin_current_thread(cpu: u32) {
     let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu as usize, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
     };
     assert_eq!(rc, 0, "pinning to CPU {cpu}");
 }

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use ctx::loader::{self, Origin};
-use ctx::model::Sample;
+use ctx::host::system::SysRoot;
+use ctx::model::{Origin, Sample};
+use ctx::probes::pins;
 use ctx::session::{Attach, Session};
-use ctx::system::SysRoot;
 
 pub const PIN_DIR: &str = "/sys/fs/bpf/ctx";
 
@@ -19,7 +19,7 @@ pub struct Probe {
 impl Probe {
     /// Whether a daemon has finished attaching: its maps are pinned and its meta written.
     pub fn daemon_ready() -> anyhow::Result<bool> {
-        Ok(loader::open_pinned(Path::new(PIN_DIR), &SysRoot::default())
+        Ok(pins::open_pinned(Path::new(PIN_DIR), &SysRoot::default())
             .context("opening ctx-daemon's pins")?
             .is_some())
     }
@@ -37,7 +37,7 @@ impl Probe {
             SysRoot::default(),
         )
         .context("opening ctx-daemon's pinned maps")?;
-        if session.probes.origin != Origin::Pinned {
+        if session.facts.origin != Origin::Pinned {
             bail!("ctx attached its own probes instead of reading ctx-daemon's pins");
         }
         Ok(Self { session })

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use ctx::model::{CpuView, SourceLabel};
+use ctx::model::CpuSample;
 use ctx_common::record::IrqKind;
 use ctx_common::{Arrival, CpuState};
 use ctx_vm_proto::{Check, Measured, Requirement};
@@ -82,7 +82,7 @@ fn ctxtop_3s(name: &str) -> anyhow::Result<Vec<Report>> {
     )
 }
 
-fn view(s: &ctx::model::Sample, cpu: u32) -> anyhow::Result<&CpuView> {
+fn view(s: &ctx::model::Sample, cpu: u32) -> anyhow::Result<&CpuSample> {
     s.cpu(cpu)
         .with_context(|| format!("ctx's sample has no CPU {cpu}"))
 }
@@ -565,9 +565,14 @@ pub fn nmi(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
     let mut res = Vec::new();
     for cpu in ALL_CPUS {
         let (va, vb) = (view(&a, cpu)?, view(&b, cpu)?);
-        ctx_d.push(vb.nmis.saturating_sub(va.nmis));
+        ctx_d.push(vb.counts.nmis.saturating_sub(va.counts.nmis));
         row_d.push(i0.delta(&i1, "NMI", cpu));
-        res.push(vb.residency.nmi.saturating_sub(va.residency.nmi));
+        res.push(
+            vb.counts
+                .residency
+                .nmi
+                .saturating_sub(va.counts.residency.nmi),
+        );
     }
     let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
     let delivered: u64 = NOHZ_CPUS.iter().map(|c| row_d[*c as usize]).sum();
@@ -582,7 +587,7 @@ pub fn nmi(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
         for cpu in ALL_CPUS {
             let v = view(s, cpu)?;
             if matches!(
-                v.state,
+                v.status.state,
                 Some(CpuState::NmiFromUser | CpuState::NmiFromKernel)
             ) {
                 in_nmi.push(cpu);
@@ -593,9 +598,9 @@ pub fn nmi(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
         let v = view(&c, cpu)?;
         states.push(format!(
             "{cpu}:{} (counter {} mod 4 = {})",
-            v.state.map_or("-", CpuState::as_str),
-            v.counter,
-            v.counter % 4
+            v.status.state.map_or("-", CpuState::as_str),
+            v.status.counter,
+            v.status.counter % 4
         ));
     }
     in_nmi.dedup();
@@ -648,7 +653,10 @@ pub fn ipis(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
     let m1 = metrics::scrape();
     let (va, vb) = (view(&a, USER_CPU)?, view(&b, USER_CPU)?);
     let d = |k: IrqKind, arr: Arrival| {
-        vb.irqs[k as usize][arr as usize].saturating_sub(va.irqs[k as usize][arr as usize])
+        vb.counts
+            .irqs
+            .get(k, arr)
+            .saturating_sub(va.counts.irqs.get(k, arr))
     };
     let by = |k: IrqKind| {
         format!(
@@ -699,12 +707,12 @@ pub fn ipis(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
 /// ctx derives from BTF) against ctx's mirror, on the spinning CPU 2 and the idle CPU 1: ten
 /// paired readings each, all of which must agree.
 pub fn kernel_state(probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
-    let btf = ctx::btf::KernelBtf::load(std::path::Path::new("/sys/kernel/btf/vmlinux"))?;
+    let btf = ctx::host::btf::KernelBtf::load(std::path::Path::new("/sys/kernel/btf/vmlinux"))?;
     let layout = btf
         .ct_layout()
         .context("no context_tracking in this kernel's BTF")?;
     let described = layout.describe();
-    let reader = ctx::kstate::KernelCtReader::open(std::path::Path::new("/proc"), layout, 4)?;
+    let reader = ctx::host::kstate::KernelCtReader::open(std::path::Path::new("/proc"), layout, 4)?;
     say!("[1,3] kernel context_tracking.state: {described}");
     let mut checks = Vec::new();
     // Enumerator names come from BTF: CONTEXT_USER before 6.12, CT_STATE_USER since.
@@ -715,6 +723,7 @@ pub fn kernel_state(probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
             let k = reader.read(cpu)?;
             let s = probe.sample()?;
             let c = view(&s, cpu)?
+                .status
                 .state
                 .map_or("-", ctx_common::CpuState::as_str);
             if k.state.ends_with(want_kernel) && c == want_ctx {
@@ -848,7 +857,7 @@ fn scraped_ipis(
 /// online.
 struct Monitor {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<anyhow::Result<Vec<(bool, CpuView)>>>,
+    handle: JoinHandle<anyhow::Result<Vec<(bool, CpuSample)>>>,
 }
 
 impl Monitor {
@@ -860,8 +869,8 @@ impl Monitor {
             let mut seen = Vec::new();
             while !flag.load(Ordering::Relaxed) {
                 let s = probe.sample()?;
-                let v = view(&s, cpu)?.clone();
-                seen.push((v.online, v));
+                let v = *view(&s, cpu)?;
+                seen.push((v.facts.online, v));
                 std::thread::sleep(every);
             }
             Ok(seen)
@@ -869,7 +878,7 @@ impl Monitor {
         Ok(Self { stop, handle })
     }
 
-    fn finish(self) -> anyhow::Result<Vec<(bool, CpuView)>> {
+    fn finish(self) -> anyhow::Result<Vec<(bool, CpuSample)>> {
         self.stop.store(true, Ordering::Relaxed);
         match self.handle.join() {
             Ok(r) => r,
@@ -879,29 +888,27 @@ impl Monitor {
 }
 
 /// Every counter of a CPU view that must never go backwards, by name.
-fn counters(v: &CpuView) -> Vec<(String, u64)> {
+fn counters(v: &CpuSample) -> Vec<(String, u64)> {
+    let c = &v.counts;
     let mut out = vec![
-        ("counter".to_owned(), v.counter),
-        ("kernel_entries".to_owned(), v.kernel_entries),
-        ("syscalls".to_owned(), v.syscalls),
-        ("page_faults".to_owned(), v.page_faults),
-        ("idle_entries".to_owned(), v.idle_entries),
-        ("nmis".to_owned(), v.nmis),
-        ("resyncs".to_owned(), v.resyncs),
-        ("residency.user".to_owned(), v.residency.user),
-        ("residency.kernel".to_owned(), v.residency.kernel),
-        ("residency.idle".to_owned(), v.residency.idle),
-        ("residency.nmi".to_owned(), v.residency.nmi),
+        ("counter".to_owned(), v.status.counter),
+        ("kernel_entries".to_owned(), c.kernel_entries),
+        ("syscalls".to_owned(), c.syscalls),
+        ("page_faults".to_owned(), c.page_faults),
+        ("idle_entries".to_owned(), c.idle_entries),
+        ("nmis".to_owned(), c.nmis),
+        ("resyncs".to_owned(), c.resyncs),
+        ("residency.user".to_owned(), c.residency.user),
+        ("residency.kernel".to_owned(), c.residency.kernel),
+        ("residency.idle".to_owned(), c.residency.idle),
+        ("residency.nmi".to_owned(), c.residency.nmi),
     ];
     for k in IrqKind::ALL {
         for a in Arrival::ALL {
-            out.push((
-                format!("{}.{}", k.as_str(), a.as_str()),
-                v.irqs[k as usize][a as usize],
-            ));
+            out.push((format!("{}.{}", k.as_str(), a.as_str()), c.irqs.get(k, a)));
         }
     }
-    for (i, n) in v.verdicts.iter().enumerate() {
+    for (i, n) in c.samples.as_array().iter().enumerate() {
         out.push((format!("verdicts[{i}]"), *n));
     }
     out
@@ -1111,11 +1118,7 @@ pub fn hotplug(daemon: &mut Proc) -> anyhow::Result<Vec<Check>> {
     checks.push(Check::new(
         7,
         "CPU 3 source after onlining",
-        Measured::text(match last.source {
-            SourceLabel::ContextTracking => "context_tracking",
-            SourceLabel::Syscalls => "syscalls",
-            SourceLabel::None => "none",
-        }),
+        Measured::text(last.facts.source.as_str()),
         equals("context_tracking"),
     ));
     checks.push(
@@ -1123,15 +1126,16 @@ pub fn hotplug(daemon: &mut Proc) -> anyhow::Result<Vec<Check>> {
             7,
             "CPU 3 context-tracking entries after onlining",
             Measured::count(
-                last.kernel_entries
-                    .saturating_sub(after_first.kernel_entries),
+                last.counts
+                    .kernel_entries
+                    .saturating_sub(after_first.counts.kernel_entries),
                 "entries",
             ),
             Requirement::Above { min: 0.0 },
         )
         .note(format!(
             "state now {}",
-            last.state.map_or("-", CpuState::as_str)
+            last.status.state.map_or("-", CpuState::as_str)
         )),
     );
     Ok(checks)

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use ctx::system::{BPF_FS_MAGIC, fs_magic_is};
+use ctx::host::system::{BPF_FS_MAGIC, fs_magic_is};
 use ctx_vm_guest::probe::{PIN_DIR, Probe};
 use ctx_vm_guest::procs::{self, CTX_DAEMON, Proc};
 use ctx_vm_guest::scenarios::{self, Load};
@@ -47,7 +47,7 @@ fn setup() -> anyhow::Result<()> {
     sys::pin_self(0)?;
     // The guest's own memory must not draw khugepaged's IPIs into scenario 6; children get
     // the default back (procs::command).
-    ctx::system::exclude_from_thp().context("prctl(PR_SET_THP_DISABLE)")?;
+    ctx::host::system::exclude_from_thp().context("prctl(PR_SET_THP_DISABLE)")?;
     for (source, target, fstype) in [
         ("proc", "/proc", "proc"),
         ("sysfs", "/sys", "sysfs"),

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::cli::parse_duration;
-use crate::loader::DEFAULT_PIN_DIR;
-use crate::system::CpuSet;
+use crate::host::cpuset::CpuSet;
+use crate::probes::DEFAULT_PIN_DIR;
 
 /// Beyond the 9100-9999 exporter range of Prometheus' default port allocations, which has
 /// been fully allocated since 2023.
@@ -18,7 +18,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/ctx/ctx.toml";
 pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The config file. Every key is optional and mirrors a flag.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
@@ -44,13 +44,13 @@ pub struct Settings {
     pub cpus: Option<CpuSet>,
     pub sample_interval: Duration,
     pub pin_dir: PathBuf,
-    /// Keep ctx's own threads off nohz_full CPUs.
+    /// Keep ctx's own threads off `nohz_full` CPUs.
     pub housekeeping_affinity: bool,
 }
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("reading config file {path}: {source}")]
+    #[error("cannot read config file {path} (name another with --config)")]
     Read {
         path: PathBuf,
         #[source]
@@ -98,7 +98,7 @@ pub fn resolve(
         key,
         message,
     };
-    let f = file.cloned_default();
+    let f = file.cloned().unwrap_or_default();
     let listen = match (flags.listen, &f.listen) {
         (Some(l), _) => l,
         (None, Some(s)) => s
@@ -134,23 +134,6 @@ pub fn resolve(
         pin_dir,
         housekeeping_affinity,
     })
-}
-
-trait ClonedDefault {
-    fn cloned_default(&self) -> FileConfig;
-}
-
-impl ClonedDefault for Option<&FileConfig> {
-    fn cloned_default(&self) -> FileConfig {
-        self.map(|f| FileConfig {
-            listen: f.listen.clone(),
-            cpus: f.cpus.clone(),
-            sample_interval: f.sample_interval.clone(),
-            pin_dir: f.pin_dir.clone(),
-            housekeeping_affinity: f.housekeeping_affinity,
-        })
-        .unwrap_or_default()
-    }
 }
 
 #[cfg(test)]
@@ -204,5 +187,23 @@ mod tests {
                 .is_none()
         );
         assert!(read_file(Path::new("/nonexistent/ctx.toml"), true).is_err());
+    }
+
+    #[test]
+    fn errors_print_each_cause_once() {
+        let p = Path::new("/nonexistent/ctx.toml");
+        let e = read_file(p, true).unwrap_err();
+        let shown = crate::test_util::printed_once(e);
+        assert_eq!(
+            shown.matches("os error 2").count(),
+            1,
+            "the io error once: {shown}"
+        );
+        assert!(shown.contains("--config"), "{shown}");
+        let e = parse_file("lisen = 1", p).unwrap_err();
+        crate::test_util::printed_once(e);
+        let f = parse_file("cpus = \"x\"", p).unwrap();
+        let e = resolve(&FlagConfig::default(), Some(&f), p).unwrap_err();
+        crate::test_util::printed_once(e);
     }
 }

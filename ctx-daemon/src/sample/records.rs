@@ -1,26 +1,16 @@
-//! The sampler: copies every CPU's record out of the per-CPU map.
+//! The per-CPU records (`CTX_CPU`), copied out of the kernel with their sequence pairs checked.
 //!
 //! A per-CPU array lookup from user space is one `bpf(BPF_MAP_LOOKUP_ELEM)` syscall in which
 //! the kernel copies each possible CPU's slot with plain loads; no other CPU is asked to do
-//! anything, so no IPI is sent. (Reading a CPU's counters through perf or an smp_call would
+//! anything, so no IPI is sent. (Reading a CPU's counters through perf or an `smp_call` would
 //! interrupt the very CPU being watched.)
 
 use aya::maps::{MapData, PerCpuArray};
 use ctx_common::CpuRecord;
-use thiserror::Error;
+use ctx_common::programs::MAP_CPU;
 
-use crate::system::mono_now_ns;
-
-#[derive(Debug, Error)]
-pub enum SampleError {
-    #[error("reading the per-CPU map")]
-    Read {
-        #[source]
-        source: aya::maps::MapError,
-    },
-    #[error("the per-CPU map returned {got} slots for {want} possible CPUs")]
-    Shape { got: usize, want: usize },
-}
+use crate::host::system::mono_now_ns;
+use crate::sample::SampleError;
 
 /// Anything that yields one record per possible CPU, in possible-CPU order. The kernel map is
 /// one; tests use fakes.
@@ -30,9 +20,10 @@ pub trait RecordSource {
 
 impl RecordSource for PerCpuArray<MapData, CpuRecord> {
     fn read(&mut self) -> Result<Vec<CpuRecord>, SampleError> {
-        let v = self
-            .get(&0, 0)
-            .map_err(|source| SampleError::Read { source })?;
+        let v = self.get(&0, 0).map_err(|source| SampleError::Read {
+            map: MAP_CPU,
+            source,
+        })?;
         Ok(v.iter().copied().collect())
     }
 }
@@ -43,7 +34,7 @@ impl<S: RecordSource + ?Sized> RecordSource for &mut S {
     }
 }
 
-/// One CPU's record as copied, with the CLOCK_MONOTONIC time taken just before the copy.
+/// One CPU's record as copied, with the `CLOCK_MONOTONIC` time taken just before the copy.
 #[derive(Clone, Copy, Debug)]
 pub struct CpuRead {
     pub cpu: u32,
@@ -54,20 +45,18 @@ pub struct CpuRead {
     pub stale: bool,
 }
 
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    /// CLOCK_MONOTONIC before the first copy.
-    pub taken_ns: u64,
+/// Every possible CPU's record from one sweep, none of them torn.
+#[derive(Clone, Debug, Default)]
+pub struct Records {
     pub cpus: Vec<CpuRead>,
     /// CPUs caught mid-write at the first copy (each was read again).
     pub torn: u32,
     /// CPUs still torn after every retry (served from an earlier copy).
     pub stale: u32,
-    /// Wall time of the sweep, retries included.
-    pub sweep_ns: u64,
 }
 
-pub struct Sampler<S> {
+/// Reads the records, retrying torn ones; keeps the last consistent copy of each CPU.
+pub struct RecordReader<S> {
     source: S,
     /// Possible CPU ids, in the map's slot order.
     cpus: Vec<u32>,
@@ -75,7 +64,7 @@ pub struct Sampler<S> {
     pub retries: u32,
 }
 
-impl<S: RecordSource> Sampler<S> {
+impl<S: RecordSource> RecordReader<S> {
     pub fn new(source: S, possible_cpus: Vec<u32>) -> Self {
         let n = possible_cpus.len();
         Self {
@@ -90,25 +79,24 @@ impl<S: RecordSource> Sampler<S> {
         &self.cpus
     }
 
-    pub fn source_mut(&mut self) -> &mut S {
-        &mut self.source
-    }
-
-    /// Copies every CPU's record. A record caught mid-write is copied again (a writer holds
-    /// it for well under a microsecond); if it stays torn, the previous consistent copy is
-    /// used and flagged stale, so a snapshot never carries a torn record.
-    pub fn sweep(&mut self) -> Result<Snapshot, SampleError> {
-        let t0 = mono_now_ns();
+    /// Copies every CPU's record; the first copy starts at `t0` (`CLOCK_MONOTONIC`, read just
+    /// before). A record caught mid-write is copied again (a writer holds it for well under a
+    /// microsecond); if it stays torn, the previous consistent copy is used and flagged
+    /// stale, so a sweep never yields a torn record.
+    pub fn read(&mut self, t0: u64) -> Result<Records, SampleError> {
         let mut now = t0;
         let mut recs = self.source.read()?;
         if recs.len() != self.cpus.len() {
             return Err(SampleError::Shape {
+                map: MAP_CPU,
                 got: recs.len(),
                 want: self.cpus.len(),
             });
         }
         let mut read_ns = vec![now; recs.len()];
-        let torn = recs.iter().filter(|r| !r.consistent()).count() as u32;
+        // At most one per possible CPU (8192).
+        let torn =
+            u32::try_from(recs.iter().filter(|r| !r.consistent()).count()).unwrap_or(u32::MAX);
         let mut attempt = 0;
         while attempt < self.retries && recs.iter().any(|r| !r.consistent()) {
             attempt += 1;
@@ -144,13 +132,7 @@ impl<S: RecordSource> Sampler<S> {
                 });
             }
         }
-        Ok(Snapshot {
-            taken_ns: t0,
-            cpus,
-            torn,
-            stale,
-            sweep_ns: mono_now_ns().saturating_sub(t0),
-        })
+        Ok(Records { cpus, torn, stale })
     }
 }
 
@@ -185,8 +167,8 @@ mod tests {
             vec![rec(1, false), rec(5, true)],
             vec![rec(1, false), rec(6, false)],
         ]);
-        let mut sm = Sampler::new(s, vec![0, 1]);
-        let snap = sm.sweep().unwrap();
+        let mut sm = RecordReader::new(s, vec![0, 1]);
+        let snap = sm.read(mono_now_ns()).unwrap();
         assert_eq!(snap.torn, 1);
         assert_eq!(snap.stale, 0);
         assert_eq!(snap.cpus[1].record.main.counter, 12);
@@ -198,9 +180,9 @@ mod tests {
             vec![rec(1, false), rec(3, false)],
             vec![rec(2, false), rec(9, true)],
         ]);
-        let mut sm = Sampler::new(s, vec![0, 1]);
-        sm.sweep().unwrap();
-        let snap = sm.sweep().unwrap();
+        let mut sm = RecordReader::new(s, vec![0, 1]);
+        sm.read(mono_now_ns()).unwrap();
+        let snap = sm.read(mono_now_ns()).unwrap();
         assert_eq!(snap.stale, 1);
         assert!(snap.cpus[1].stale);
         assert_eq!(
@@ -213,10 +195,14 @@ mod tests {
     #[test]
     fn shape_mismatch_is_an_error() {
         let s = Script(vec![vec![rec(1, false)]]);
-        let mut sm = Sampler::new(s, vec![0, 1]);
+        let mut sm = RecordReader::new(s, vec![0, 1]);
         assert!(matches!(
-            sm.sweep(),
-            Err(SampleError::Shape { got: 1, want: 2 })
+            sm.read(mono_now_ns()),
+            Err(SampleError::Shape {
+                got: 1,
+                want: 2,
+                ..
+            })
         ));
     }
 }

@@ -6,19 +6,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ctx_common::{Source, Verdict};
 use tracing::{info, warn};
 
-use crate::export::ExportView;
-use crate::ledger::{LedgerMap, SamplerTotals};
-use crate::model::Sample;
-use crate::serve::Shared;
+use crate::daemon::ledger::LedgerMap;
+use crate::host::cpuset::CpuSet;
+use crate::host::system::{self, SysRoot};
+use crate::model::sweeps::SweepTotals;
+use crate::model::{Sample, Samples};
+use crate::outputs::metrics::ExportView;
+use crate::outputs::serve::Shared;
 use crate::session::Session;
-use crate::system::{self, CpuSet, SysRoot, mono_now_ns};
 
 /// How often user-space counters are persisted (and, with them, published to scrapes).
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
-/// Restricts this process (and threads it starts later) to CPUs outside nohz_full, so ctx
+/// Restricts this process (and threads it starts later) to CPUs outside `nohz_full`, so ctx
 /// never competes with the work it watches. Returns the set, or `None` when there is nothing
 /// to avoid.
 pub fn pin_to_housekeeping(sys: &SysRoot) -> Option<CpuSet> {
@@ -41,7 +44,7 @@ pub fn pin_to_housekeeping(sys: &SysRoot) -> Option<CpuSet> {
         {
             libc::CPU_SET(c as usize, &mut set);
         }
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
     };
     if rc != 0 {
         warn!(
@@ -53,9 +56,9 @@ pub fn pin_to_housekeeping(sys: &SysRoot) -> Option<CpuSet> {
     Some(keep)
 }
 
-/// Keeps only what sampling needs once the programs are attached: CAP_BPF (reading maps is a
-/// bpf(2) call, which kernel.unprivileged_bpf_disabled reserves for it on kernels before the
-/// BPF-token rework) or CAP_SYS_ADMIN where the kernel predates CAP_BPF.
+/// Keeps only what sampling needs once the programs are attached: `CAP_BPF` (reading maps is a
+/// bpf(2) call, which `kernel.unprivileged_bpf_disabled` reserves for it on kernels before the
+/// BPF-token rework) or `CAP_SYS_ADMIN` where the kernel predates `CAP_BPF`.
 pub fn drop_capabilities() -> Result<String, caps::errors::CapsError> {
     use caps::{CapSet, Capability};
     let eff = caps::read(None, CapSet::Effective)?;
@@ -71,7 +74,7 @@ pub fn drop_capabilities() -> Result<String, caps::errors::CapsError> {
     caps::set(None, CapSet::Inheritable, &caps::CapsHashSet::new())?;
     Ok(keep
         .iter()
-        .map(|c| c.to_string())
+        .map(std::string::ToString::to_string)
         .collect::<Vec<_>>()
         .join(","))
 }
@@ -85,13 +88,13 @@ pub fn notify(states: &[sd_notify::NotifyState]) {
     }
 }
 
-/// Everything the sampling thread owns.
-pub struct Sampler {
+/// The daemon's sampling thread: sweeps, persists user-space counters, publishes to scrapes.
+pub struct SamplingLoop {
     pub session: Session,
     pub ledger: Option<LedgerMap>,
     pub shared: Arc<Shared>,
     pub interval: Duration,
-    pub totals: SamplerTotals,
+    pub totals: SweepTotals,
     /// How often to feed systemd's watchdog (`None`: not asked to).
     pub watchdog: Option<Duration>,
 }
@@ -102,21 +105,21 @@ fn unix_now() -> f64 {
 
 /// One-line state of the host for `STATUS=`.
 pub fn status_line(s: &Sample) -> String {
-    let online = s.cpus.iter().filter(|c| c.online).count();
+    let online = s.cpus.iter().filter(|c| c.facts.online).count();
     let needed = s
         .cpus
         .iter()
-        .filter(|c| c.verdict.is_some_and(ctx_common::Verdict::ipi_needed))
+        .filter(|c| c.status.verdict.is_some_and(Verdict::ipi_needed))
         .count();
     let ct = s
         .cpus
         .iter()
-        .filter(|c| c.source == crate::model::SourceLabel::ContextTracking)
+        .filter(|c| c.facts.source == Source::ContextTracking)
         .count();
     format!("sampling {online} CPUs ({ct} via context tracking); {needed} would need an IPI now")
 }
 
-impl Sampler {
+impl SamplingLoop {
     /// Restores user-space counters kept across restarts.
     pub fn restore(&mut self) {
         let Some(l) = &self.ledger else { return };
@@ -132,7 +135,7 @@ impl Sampler {
         }
     }
 
-    fn verdicts(&self) -> BTreeMap<u32, [u64; 3]> {
+    fn verdicts(&self) -> BTreeMap<u32, Samples> {
         self.session
             .possible
             .iter()
@@ -141,7 +144,7 @@ impl Sampler {
     }
 
     /// Persists, then returns what was persisted (what scrapes may show).
-    fn flush(&mut self) -> (Arc<BTreeMap<u32, [u64; 3]>>, SamplerTotals) {
+    fn flush(&mut self) -> (Arc<BTreeMap<u32, Samples>>, SweepTotals) {
         let verdicts = self.verdicts();
         if let Some(l) = &mut self.ledger {
             let mut ok = l
@@ -162,10 +165,7 @@ impl Sampler {
     pub fn step(&mut self) -> Option<Sample> {
         match self.session.sample() {
             Ok(s) => {
-                self.totals.sweeps += 1;
-                self.totals.torn += u64::from(s.torn);
-                self.totals.stale += u64::from(s.stale);
-                self.totals.observe(s.sweep_ns);
+                self.totals.count(&s);
                 Some(s)
             }
             Err(e) => {
@@ -231,23 +231,19 @@ impl Sampler {
     }
 }
 
-/// The time after which a sweep counts as stale.
+/// The time after which a sweep counts as stale: ten intervals, and at least a second.
 pub fn max_age(interval: Duration) -> u64 {
-    (interval.as_nanos() as u64 * 10).max(1_000_000_000)
+    u64::try_from(interval.as_nanos().saturating_mul(10))
+        .unwrap_or(u64::MAX)
+        .max(1_000_000_000)
 }
 
 /// The view published before the first sweep finished.
 pub fn initial_view(first: &Sample) -> ExportView {
     ExportView {
         sample: Arc::new(first.clone()),
-        verdicts: Arc::new(BTreeMap::new()),
-        totals: SamplerTotals::default(),
         last_sample_unix: unix_now(),
         sampler_up: true,
+        ..ExportView::default()
     }
-}
-
-/// CLOCK_MONOTONIC now, for callers publishing outside the loop.
-pub fn now_mono() -> u64 {
-    mono_now_ns()
 }

@@ -12,14 +12,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::compression::CompressionLayer;
 
-use crate::export::{self, ExportStatic, ExportView};
-use crate::system::mono_now_ns;
+use crate::host::system::mono_now_ns;
+use crate::outputs::metrics::{self, ExportStatic, ExportView};
 
 /// State shared by the sampler (writer) and the HTTP handlers (readers).
 pub struct Shared {
     view: Mutex<Arc<ExportView>>,
     pub stat: ExportStatic,
-    /// CLOCK_MONOTONIC of the newest successful sweep.
+    /// `CLOCK_MONOTONIC` of the newest successful sweep.
     last_sample_mono: AtomicU64,
     /// A sweep older than this makes the sampler stale.
     pub max_age_ns: u64,
@@ -80,7 +80,7 @@ impl Shared {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    match export::text(&s.stat, &s.view()) {
+    match metrics::text(&s.stat, &s.view()) {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,
@@ -125,7 +125,7 @@ mod tests {
     use super::*;
 
     fn shared(max_age_ns: u64, links: Vec<PathBuf>) -> Arc<Shared> {
-        let (st, v) = crate::export::tests::fixture();
+        let (st, v) = crate::outputs::metrics::tests::fixture();
         Arc::new(Shared::new(st, v, max_age_ns, links))
     }
 

@@ -1,6 +1,6 @@
 //! The kernel's own `context_tracking.state` per CPU, read from `/proc/kcore`, to cross-check
 //! ctx's mirror. Diagnostics only (`ctx-daemon --check`, the VM tests): it needs root
-//! (CAP_SYS_RAWIO), `/proc/kcore` and data symbols in `/proc/kallsyms` (KALLSYMS_ALL).
+//! (`CAP_SYS_RAWIO`), `/proc/kcore` and data symbols in `/proc/kallsyms` (`KALLSYMS_ALL`).
 //!
 //! Reading kcore copies kernel memory from this CPU; it sends no IPI. The word's layout (where
 //! the state sits, its width, the state names) comes from BTF through [`CtLayout`]; nothing
@@ -12,11 +12,11 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use crate::btf::CtLayout;
+use crate::host::btf::CtLayout;
 
 #[derive(Debug, Error)]
 pub enum KstateError {
-    #[error("{what}: {source} (reading the kernel's own state needs root and /proc/kcore)")]
+    #[error("{what} (reading the kernel's own state needs root and /proc/kcore)")]
     Io {
         what: String,
         #[source]
@@ -226,6 +226,24 @@ mod tests {
         // does not.
         let s = decode(&layout(1), (7 << 3) | (1 << 2) | 2);
         assert_eq!((s.state.as_str(), s.watching), ("CT_STATE_USER", 7));
+    }
+
+    #[test]
+    fn errors_print_each_cause_once() {
+        let e = KernelCtReader::open(Path::new("/nonexistent-proc"), layout(0), 1)
+            .err()
+            .expect("no /nonexistent-proc/kallsyms");
+        let shown = crate::test_util::printed_once(e);
+        assert!(
+            shown.contains("/proc/kallsyms") && shown.contains("No such file"),
+            "{shown}"
+        );
+        for e in [
+            KstateError::Symbol("context_tracking"),
+            KstateError::Kcore("address 0x1 not in any segment".into()),
+        ] {
+            crate::test_util::printed_once(e);
+        }
     }
 
     #[test]

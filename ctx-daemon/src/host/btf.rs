@@ -61,7 +61,7 @@ impl CtLayout {
             self.state_bits.saturating_sub(1),
             self.states
                 .iter()
-                .filter(|(_, v)| *v >= 0 && !self_is_max(v, &self.states))
+                .filter(|(_, v)| *v >= 0 && !self_is_max(*v, &self.states))
                 .map(|(n, v)| format!("{n}={v}"))
                 .collect::<Vec<_>>()
                 .join(" "),
@@ -79,8 +79,8 @@ impl CtLayout {
     }
 }
 
-fn self_is_max(v: &i64, states: &[(String, i64)]) -> bool {
-    states.iter().map(|(_, x)| *x).max() == Some(*v)
+fn self_is_max(v: i64, states: &[(String, i64)]) -> bool {
+    states.iter().map(|(_, x)| *x).max() == Some(v)
 }
 
 /// Smallest bit width that holds `v` (the kernel's `bits_per()`).
@@ -88,7 +88,7 @@ fn bits_per(v: i64) -> u32 {
     if v <= 0 {
         1
     } else {
-        64 - (v as u64).leading_zeros()
+        64 - v.cast_unsigned().leading_zeros()
     }
 }
 
@@ -136,7 +136,7 @@ impl KernelBtf {
                         .iter()
                         .filter_map(|m| {
                             let n = self.btf.resolve_name(m).ok()?;
-                            Some((n, i64::from(m.val() as i32)))
+                            Some((n, i64::from(m.val().cast_signed())))
                         })
                         .collect(),
                 ),
@@ -152,7 +152,8 @@ impl KernelBtf {
             .into_iter()
             .find_map(|t| match t {
                 Type::Enum(e) => e.members.iter().find_map(|m| {
-                    (self.btf.resolve_name(m).ok()? == wanted).then(|| i64::from(m.val() as i32))
+                    (self.btf.resolve_name(m).ok()? == wanted)
+                        .then(|| i64::from(m.val().cast_signed()))
                 }),
                 _ => None,
             })
@@ -184,7 +185,9 @@ impl KernelBtf {
         // Context work takes CT_WORK_MAX_OFFSET bits above the state, only when built in; its
         // setter exists exactly then.
         let work_bits = if self.has("ct_set_cpu_work") {
-            self.enumerator("CT_WORK_MAX_OFFSET").unwrap_or(0).max(0) as u32
+            self.enumerator("CT_WORK_MAX_OFFSET")
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0)
         } else {
             0
         };
@@ -231,6 +234,18 @@ mod tests {
         assert!(d.contains("CT_STATE_USER=2"), "{d}");
         assert!(d.contains("context work bits 2-2"), "{d}");
         assert!(d.contains("from bit 3"), "{d}");
+    }
+
+    #[test]
+    fn a_missing_file_names_it_and_the_fix() {
+        let e = KernelBtf::load(Path::new("/nonexistent/vmlinux"))
+            .err()
+            .expect("no such file");
+        let shown = crate::test_util::printed_once(e);
+        assert!(
+            shown.contains("/nonexistent/vmlinux") && shown.contains("CONFIG_DEBUG_INFO_BTF"),
+            "{shown}"
+        );
     }
 
     /// The host's own BTF, when there is one: tracepoints that exist everywhere are found.

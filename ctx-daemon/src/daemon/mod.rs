@@ -1,0 +1,10 @@
+//! ctx-daemon's run time around the pipeline.
+//!
+//! * [`config`]: built-in defaults, then the TOML file, then flags.
+//! * [`service`]: the sampling thread (sweep, persist, publish), housekeeping affinity,
+//!   dropping capabilities, systemd notifications.
+//! * [`ledger`]: the counters only user space knows, kept in a pinned map across restarts.
+
+pub mod config;
+pub mod ledger;
+pub mod service;
