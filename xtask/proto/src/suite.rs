@@ -78,19 +78,48 @@ impl Suite {
         self.scenario(id).map_or("?", |s| s.name)
     }
 
-    /// What a run's checks come to on the kernel `release`: pass when every check holds,
-    /// every scenario that applies reported, and each of the fixed checks came exactly once.
-    /// The guest prints it; the host works it out again and rejects a guest that disagrees.
+    /// What a run's checks come to on the kernel `release`: pass when every check holds and
+    /// nothing is missing ([`Suite::gaps`]). The guest prints it; the host works it out again
+    /// and rejects a guest that disagrees.
     pub fn verdict(&self, checks: &[Check], release: &str) -> Verdict {
-        let count = |name: &str| checks.iter().filter(|c| c.name == name).count();
         Verdict::of(
             checks.iter().all(|c| c.required.holds(&c.measured))
-                && self
-                    .applying(release)
-                    .all(|s| checks.iter().any(|c| c.scenario == s.id))
-                && self.checks.iter().all(|(_, n)| count(n) == 1)
-                && (self.checks.is_empty() || checks.len() == self.checks.len()),
+                && self.gaps(checks, release).is_empty(),
         )
+    }
+
+    /// What is missing from a run's checks on the kernel `release`: a scenario that applies
+    /// and reported nothing, a check of no scenario of the suite, and, where the suite has
+    /// fixed checks, one missing, repeated, out of order or unknown.
+    pub fn gaps(&self, checks: &[Check], release: &str) -> Vec<String> {
+        let mut f = Vec::new();
+        for s in self.applying(release) {
+            if !checks.iter().any(|c| c.scenario == s.id) {
+                f.push(format!("scenario {} ({}) reported nothing", s.id, s.name));
+            }
+        }
+        for c in checks {
+            if self.scenario(c.scenario).is_none() {
+                f.push(format!(
+                    "check \"{}\" of unknown scenario {}",
+                    c.name, c.scenario
+                ));
+            }
+            if !self.checks.is_empty() && !self.checks.iter().any(|(_, n)| *n == c.name) {
+                f.push(format!("unknown check \"{}\"", c.name));
+            }
+        }
+        for (i, (_, want)) in self.checks.iter().enumerate() {
+            match checks.iter().filter(|c| c.name == *want).count() {
+                0 => f.push(format!("check \"{want}\" missing")),
+                1 if checks.get(i).is_some_and(|c| c.name != *want) => {
+                    f.push(format!("check \"{want}\" out of order"));
+                }
+                1 => {}
+                n => f.push(format!("check \"{want}\" printed {n} times")),
+            }
+        }
+        f
     }
 
     /// The scenarios that must report on the kernel `release`.

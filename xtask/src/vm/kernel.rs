@@ -85,6 +85,22 @@ pub struct Kernel {
     pub cached: bool,
 }
 
+impl Kernel {
+    /// The trixie kernel of [`crate::vm::transcript::fixture::RELEASE`], for tests.
+    #[cfg(test)]
+    pub fn fixture() -> Self {
+        Self {
+            spec: &KERNELS[1],
+            package: "linux-image-6.12.117+deb13-cloud-amd64".into(),
+            version: "6.12.117-1".into(),
+            release: crate::vm::transcript::fixture::RELEASE.into(),
+            vmlinuz: PathBuf::from("/k"),
+            extra: None,
+            cached: true,
+        }
+    }
+}
+
 /// Something a suite builds from a kernel's packages while they are at hand (the systemd
 /// suite's virtio-net modules), cached beside the kernel.
 pub trait Extra {

@@ -429,15 +429,7 @@ mod tests {
 
     #[test]
     fn boot_command_line() {
-        let k = Kernel {
-            spec: &crate::vm::kernel::KERNELS[0],
-            package: String::new(),
-            version: String::new(),
-            release: String::new(),
-            vmlinuz: PathBuf::from("/k"),
-            extra: None,
-            cached: true,
-        };
+        let k = Kernel::fixture();
         let b = Boot::new(&k, Path::new("/i"), 1024).params(["quiet"]);
         assert_eq!(
             b.cmdline(),
