@@ -2,6 +2,11 @@
 //! Debian's `nohz_full` kernels under qemu and proves ctx in them, from an initramfs and under a
 //! real systemd; `cargo xtask install` installs ctx the way a user gets it; `cargo xtask bench`
 //! measures what ctx costs and writes BENCHMARKS.md.
+//!
+//! Where things are: one file per command (`test.rs`, `bench.rs`, `install.rs`, `vmtest.rs`);
+//! the VM suites' host sides in `initramfs.rs` and `systemd/`, on top of `vm/`, which both
+//! share (kernels, qemu, the transcript check, tables). The guests are `xtask/guest`, and what
+//! guests and host share (console protocol, scenarios, HTTP, Prometheus text) is `xtask/proto`.
 
 use std::process::ExitCode;
 
@@ -14,7 +19,7 @@ mod install;
 mod systemd;
 mod test;
 mod vm;
-mod vm_test;
+mod vmtest;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "ctx project tasks")]
@@ -34,7 +39,7 @@ enum Cmd {
     LintBpf,
     /// Boot Debian's cloud kernels with nohz_full=1-3 under qemu (TCG): ctx's scenarios from an
     /// initramfs, and ctx as a systemd service under a real systemd.
-    VmTest(vm_test::Options),
+    VmTest(vmtest::Options),
     /// Build release binaries and install ctx: binaries, systemd unit, sysusers entry, default
     /// config and docs.
     Install(install::Options),
@@ -49,7 +54,7 @@ fn main() -> ExitCode {
         Cmd::Test(o) => test::run(&o),
         Cmd::Bench(o) => bench::run(&o),
         Cmd::LintBpf => test::lint_bpf(),
-        Cmd::VmTest(o) => vm_test::run(&o),
+        Cmd::VmTest(o) => vmtest::run(&o),
         Cmd::Install(o) => install::run(&o),
         Cmd::Rootfs => systemd::rootfs::print(),
     };
