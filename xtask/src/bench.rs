@@ -12,7 +12,7 @@ pub struct Options {
     /// Interleaved rounds per case (the median is reported).
     #[arg(long, default_value_t = 9)]
     pub rounds: u32,
-    /// getpid() calls per round.
+    /// `getpid()` calls per round.
     #[arg(long, default_value_t = 2_000_000)]
     pub calls: u64,
 }

@@ -19,7 +19,7 @@ pub fn step(step: &str, cmd: &mut Command) -> anyhow::Result<()> {
     let t = Instant::now();
     let status = cmd
         .status()
-        .with_context(|| format!("{step}: cannot start {:?}", cmd.get_program()))?;
+        .with_context(|| format!("{step}: cannot start {}", cmd.get_program().display()))?;
     eprintln!("<== {step}: {status} in {:.1} s", t.elapsed().as_secs_f64());
     if !status.success() {
         bail!("{step} failed ({status})");

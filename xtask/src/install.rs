@@ -3,7 +3,7 @@
 //! | file | mode |
 //! |---|---|
 //! | `PREFIX/bin/ctx-daemon`, `PREFIX/bin/ctxtop` | 0755 |
-//! | `PREFIX/lib/systemd/system/ctx.service` (ExecStart= pointing into PREFIX) | 0644 |
+//! | `PREFIX/lib/systemd/system/ctx.service` (`ExecStart=` pointing into PREFIX) | 0644 |
 //! | `PREFIX/lib/sysusers.d/ctx.conf` | 0644 |
 //! | `/etc/ctx/ctx.toml` (kept when it exists: it is the admin's) | 0644 |
 //! | `PREFIX/share/doc/ctx/`: README.md, BENCHMARKS.md (when present), deploy/README.md, examples/ctx.toml | 0644 |
@@ -14,13 +14,16 @@
 //! as the unit's `--config /etc/ctx/ctx.toml` expects.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::{Context as _, bail};
+
+use crate::cmd::{cargo, root};
 
 pub const MUSL: &str = "x86_64-unknown-linux-musl";
 /// Where the configuration goes, whatever the prefix: the unit reads /etc/ctx/ctx.toml.
@@ -99,8 +102,8 @@ fn check_prefix(prefix: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The unit of deploy/systemd with its ExecStart= and Documentation= moved into `prefix`. Only
-/// ctx's own paths move: ExecStartPre= keeps running the system's install and chown.
+/// The unit of deploy/systemd with its `ExecStart=` and Documentation= moved into `prefix`. Only
+/// ctx's own paths move: `ExecStartPre=` keeps running the system's install and chown.
 pub fn unit_for_prefix(unit: &str, prefix: &Path) -> anyhow::Result<String> {
     let p = prefix.to_string_lossy();
     let p = p.trim_end_matches('/');
@@ -115,7 +118,7 @@ pub fn unit_for_prefix(unit: &str, prefix: &Path) -> anyhow::Result<String> {
                 );
             };
             execs += 1;
-            out.push_str(&format!("ExecStart={p}/bin/ctx-daemon{args}"));
+            let _ = write!(out, "ExecStart={p}/bin/ctx-daemon{args}");
         } else if line.starts_with("Documentation=") {
             out.push_str(&line.replace(UNIT_DOC, &format!("file:{p}/share/doc/ctx/")));
         } else {
@@ -260,10 +263,6 @@ pub fn apply(items: &[Item], destdir: Option<&Path>) -> anyhow::Result<Vec<(Path
     Ok(done)
 }
 
-fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-}
-
 /// `cargo build --release --target TARGET -p P... --bins`; returns each executable by name.
 pub fn build(
     root: &Path,
@@ -305,12 +304,6 @@ pub fn build(
     Ok(exes)
 }
 
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_owned)
-}
-
 /// The two binaries of ctx-daemon's package, built for `target`.
 pub fn build_ctx(root: &Path, target: &str) -> anyhow::Result<Binaries> {
     let mut exes = build(root, target, &["ctx-daemon"])?;
@@ -326,7 +319,7 @@ pub fn build_ctx(root: &Path, target: &str) -> anyhow::Result<Binaries> {
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
     check_prefix(&o.prefix)?;
-    let root = workspace_root();
+    let root = root();
     eprintln!(
         "install: building ctx-daemon and ctxtop (release, {})",
         o.target
@@ -409,7 +402,7 @@ mod tests {
     #[test]
     fn plan_lists_what_a_user_gets() {
         let s = Scratch::new("plan");
-        let root = workspace_root();
+        let root = root();
         let items = plan(&root, Path::new("/usr"), &fake_bins(&s.0)).unwrap();
         let mut got: Vec<(String, u32, Policy)> = items
             .iter()
@@ -462,7 +455,7 @@ mod tests {
     #[test]
     fn unit_follows_the_prefix() {
         let s = Scratch::new("prefix");
-        let items = plan(&workspace_root(), Path::new("/usr/local"), &fake_bins(&s.0)).unwrap();
+        let items = plan(&root(), Path::new("/usr/local"), &fake_bins(&s.0)).unwrap();
         assert!(
             items
                 .iter()
@@ -515,7 +508,7 @@ mod tests {
         let s = Scratch::new("apply");
         let bins = fake_bins(&s.0);
         let dest = s.0.join("root");
-        let items = plan(&workspace_root(), Path::new("/usr"), &bins).unwrap();
+        let items = plan(&root(), Path::new("/usr"), &bins).unwrap();
         let done = apply(&items, Some(&dest)).unwrap();
         assert!(done.iter().all(|d| d.1 == Done::Installed), "{done:?}");
         for i in &items {

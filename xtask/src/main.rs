@@ -1,7 +1,12 @@
 //! Project tasks: `cargo xtask test` runs every check CI runs; `cargo xtask vm-test` boots
-//! Debian's nohz_full kernels under qemu and proves ctx in them, from an initramfs and under a
+//! Debian's `nohz_full` kernels under qemu and proves ctx in them, from an initramfs and under a
 //! real systemd; `cargo xtask install` installs ctx the way a user gets it; `cargo xtask bench`
 //! measures what ctx costs and writes BENCHMARKS.md.
+//!
+//! Where things are: one file per command (`test.rs`, `bench.rs`, `install.rs`, `vmtest.rs`);
+//! the VM suites' host sides in `initramfs.rs` and `systemd/`, on top of `vm/`, which both
+//! share (kernels, qemu, the transcript check, tables). The guests are `xtask/guest`, and what
+//! guests and host share (console protocol, scenarios, HTTP, Prometheus text) is `xtask/proto`.
 
 use std::process::ExitCode;
 
@@ -9,11 +14,12 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cmd;
+mod initramfs;
 mod install;
-mod rootfs;
-mod sysvm;
+mod systemd;
 mod test;
 mod vm;
+mod vmtest;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "ctx project tasks")]
@@ -25,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the whole test suite: formatting, lints (host and BPF target), unit, property and
-    /// real-kernel tests, deploy/ checks, and the nohz_full VM tests.
+    /// real-kernel tests, deploy/ checks, and the `nohz_full` VM tests.
     Test(test::Options),
     /// Measure hook cost and sampler cost; write BENCHMARKS.md.
     Bench(bench::Options),
@@ -33,7 +39,7 @@ enum Cmd {
     LintBpf,
     /// Boot Debian's cloud kernels with nohz_full=1-3 under qemu (TCG): ctx's scenarios from an
     /// initramfs, and ctx as a systemd service under a real systemd.
-    VmTest(vm::Options),
+    VmTest(vmtest::Options),
     /// Build release binaries and install ctx: binaries, systemd unit, sysusers entry, default
     /// config and docs.
     Install(install::Options),
@@ -48,9 +54,9 @@ fn main() -> ExitCode {
         Cmd::Test(o) => test::run(&o),
         Cmd::Bench(o) => bench::run(&o),
         Cmd::LintBpf => test::lint_bpf(),
-        Cmd::VmTest(o) => vm::run(&o),
+        Cmd::VmTest(o) => vmtest::run(&o),
         Cmd::Install(o) => install::run(&o),
-        Cmd::Rootfs => rootfs::print(),
+        Cmd::Rootfs => systemd::rootfs::print(),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,7 +12,7 @@ pub const RUSTFMT_TOOLCHAIN: &str = "nightly-2026-05-19";
 
 #[derive(Args, Debug)]
 pub struct Options {
-    /// Skip the nohz_full VM tests (they take several minutes).
+    /// Skip the `nohz_full` VM tests (they take several minutes).
     #[arg(long)]
     pub skip_vm: bool,
 }

@@ -1,4 +1,4 @@
-//! Who sends IPIs to the nohz_full CPUs: kprobes on the x86 IPI send paths, read from tracefs.
+//! Who sends IPIs to the `nohz_full` CPUs: kprobes on the x86 IPI send paths, read from tracefs.
 //! Scenario 6 counts IPIs per /proc/interrupts row; this says where each one came from, so a
 //! nonzero count explains itself. Diagnostic only: no requirement depends on it, and a kernel
 //! without these functions or without kprobes just yields no attribution.
@@ -28,7 +28,7 @@ fn w(file: &str, text: &str) -> bool {
     fs::write(format!("{TRACING}/{file}"), text).is_ok()
 }
 
-/// Appends one command to kprobe_events in a single write(2): tracefs parses every write as a
+/// Appends one command to `kprobe_events` in a single write(2): tracefs parses every write as a
 /// command of its own, so `writeln!` (several writes) would split it.
 fn kprobe_cmd(cmd: &str) -> bool {
     use std::io::Write as _;
@@ -84,7 +84,7 @@ impl Drop for IpiTrace {
     }
 }
 
-/// Whether an event line targets a nohz_full CPU (1-3).
+/// Whether an event line targets a `nohz_full` CPU (1-3).
 fn hits_nohz(kind: &str, on_cpu: u32, args: &str) -> bool {
     let arg = |key: &str| {
         args.split_whitespace()

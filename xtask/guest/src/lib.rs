@@ -1,5 +1,8 @@
-//! The guest side of `cargo xtask vm-test`: an init that runs issue 3's scenarios against
-//! ctx-daemon and ctxtop on a nohz_full kernel, and the pinned workloads they need.
+//! The guests of `cargo xtask vm-test`: `ctx-vm-init`, the init of the initramfs suite that runs
+//! issue 3's scenarios against ctx-daemon and ctxtop; `ctx-vm-work`, its pinned workloads; and
+//! `ctx-sysvm-check`, the systemd suite's service that checks ctx under a real systemd. Both
+//! suites' guests share the pinning and the workloads ([`sys`], [`work`]), the scrape of ctx
+//! ([`metrics`]) and the console protocol (`ctx_vm_proto`).
 
 pub mod ipitrace;
 pub mod json;
@@ -8,6 +11,7 @@ pub mod probe;
 pub mod procs;
 pub mod scenarios;
 pub mod sys;
+pub mod work;
 
 /// Prints a progress line on the console, with the protocol prefix.
 #[macro_export]

@@ -1,16 +1,17 @@
-//! ctx-daemon's /metrics as an operator reads it: busybox wget on loopback.
+//! ctx-daemon's /metrics and /healthz as an operator reads them: on loopback, /metrics parsed
+//! by the one text parser both guests and the host use.
 
-use std::collections::BTreeMap;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-
-pub const URL: &str = "http://127.0.0.1:10977/metrics";
-const BUSYBOX: &str = "/bin/busybox";
+use ctx_vm_proto::expo::Scrape;
+use ctx_vm_proto::http;
+use ctx_vm_proto::suite::live::METRICS_PORT;
 
 /// Brings up loopback (an initramfs boots with it down).
 pub fn loopback_up() -> anyhow::Result<()> {
-    let s = Command::new(BUSYBOX)
+    let s = Command::new("/bin/busybox")
         .args(["ip", "link", "set", "lo", "up"])
         .status()
         .context("running ip link set lo up")?;
@@ -20,44 +21,21 @@ pub fn loopback_up() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One scrape: `name{labels}` → value.
-pub fn scrape() -> anyhow::Result<Scrape> {
-    let out = Command::new(BUSYBOX)
-        .args(["wget", "-q", "-O", "-", URL])
-        .output()
-        .context("running busybox wget")?;
-    if !out.status.success() {
-        bail!(
-            "wget {URL}: {} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8(out.stdout).context("/metrics is not UTF-8")?;
-    Ok(Scrape(
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect(),
-    ))
+/// `GET path` from ctx on loopback; a response of any status is `Ok`.
+pub fn get(path: &str) -> anyhow::Result<http::Response> {
+    http::get(
+        &format!("127.0.0.1:{METRICS_PORT}"),
+        path,
+        Duration::from_secs(20),
+    )
+    .with_context(|| format!("GET {path} from ctx on port {METRICS_PORT}"))
 }
 
-pub struct Scrape(pub BTreeMap<String, f64>);
-
-impl Scrape {
-    pub fn get(&self, series: &str) -> Option<f64> {
-        self.0.get(series).copied()
+/// One scrape of /metrics.
+pub fn scrape() -> anyhow::Result<Scrape> {
+    let r = get("/metrics")?;
+    if r.status != 200 {
+        bail!("GET /metrics: HTTP {}", r.status);
     }
-
-    /// Sum over series whose key starts with `prefix` and contains every one of `labels`.
-    pub fn sum(&self, prefix: &str, labels: &[&str]) -> f64 {
-        self.0
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix) && labels.iter().all(|l| k.contains(l)))
-            .map(|(_, v)| v)
-            .sum()
-    }
+    Scrape::parse(&r.text()).map_err(|e| anyhow::anyhow!("parsing /metrics: {e}"))
 }

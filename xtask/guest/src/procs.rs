@@ -44,24 +44,35 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
+/// Where a child's stdout goes; stderr always goes to its log.
+enum Out {
+    Log,
+    /// A pipe, and stdin from one too: the workload helper's commands and replies.
+    Pipe,
+    File(PathBuf),
+}
+
 impl Proc {
-    /// Starts `program args` with stdout to `stdout` (a file when `None`: the log).
-    fn start(name: &str, program: &str, args: &[&str], piped: bool) -> anyhow::Result<Self> {
+    /// Starts `program args` with its log in [`LOG_DIR`].
+    fn start(name: &str, program: &str, args: &[&str], out: &Out) -> anyhow::Result<Self> {
         std::fs::create_dir_all(LOG_DIR).with_context(|| format!("creating {LOG_DIR}"))?;
         let log = Path::new(LOG_DIR).join(format!("{name}.log"));
-        let err = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let out = if piped {
-            Stdio::piped()
-        } else {
-            Stdio::from(
-                err.try_clone()
-                    .context("duplicating a log file descriptor")?,
-            )
+        let create =
+            |p: &Path| File::create(p).with_context(|| format!("creating {}", p.display()));
+        let err = create(&log)?;
+        let stdout = match out {
+            Out::Log => Stdio::from(err.try_clone().context("duplicating a log descriptor")?),
+            Out::Pipe => Stdio::piped(),
+            Out::File(p) => Stdio::from(create(p)?),
         };
         let child = command(program)
             .args(args)
-            .stdin(if piped { Stdio::piped() } else { Stdio::null() })
-            .stdout(out)
+            .stdin(if matches!(out, Out::Pipe) {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(stdout)
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {program}"))?;
@@ -73,7 +84,7 @@ impl Proc {
     }
 
     pub fn spawn(name: &str, program: &str, args: &[&str]) -> anyhow::Result<Self> {
-        Self::start(name, program, args, false)
+        Self::start(name, program, args, &Out::Log)
     }
 
     pub fn pid(&self) -> libc::pid_t {
@@ -153,7 +164,7 @@ pub struct Worker {
 impl Worker {
     /// Starts `ctx-vm-work args` and waits for its `ready` line.
     pub fn start(name: &str, args: &[&str], limit: Duration) -> anyhow::Result<Self> {
-        let mut proc = Proc::start(name, WORK, args, true)?;
+        let mut proc = Proc::start(name, WORK, args, &Out::Pipe)?;
         let stdin = proc.child.stdin.take().context("no stdin pipe")?;
         let stdout = proc.child.stdout.take().context("no stdout pipe")?;
         let (tx, lines) = mpsc::channel();
@@ -226,28 +237,11 @@ pub struct Ctxtop {
 
 impl Ctxtop {
     pub fn start(name: &str, args: &[&str]) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(LOG_DIR).with_context(|| format!("creating {LOG_DIR}"))?;
         let out = Path::new(LOG_DIR).join(format!("{name}.json"));
-        let file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-        let log = Path::new(LOG_DIR).join(format!("{name}.log"));
-        let err = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut full = vec!["--json"];
         full.extend_from_slice(args);
-        let child = command(CTXTOP)
-            .args(&full)
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {CTXTOP}"))?;
-        Ok(Self {
-            proc: Proc {
-                name: name.to_owned(),
-                child,
-                log,
-            },
-            out,
-        })
+        let proc = Proc::start(name, CTXTOP, &full, &Out::File(out.clone()))?;
+        Ok(Self { proc, out })
     }
 
     pub fn finish<T: serde::de::DeserializeOwned>(

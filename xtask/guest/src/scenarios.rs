@@ -1,4 +1,4 @@
-//! The scenarios of issue 3. CPU 0 is the housekeeping CPU, CPUs 1-3 are nohz_full. Every
+//! The scenarios of issue 3. CPU 0 is the housekeeping CPU, CPUs 1-3 are `nohz_full`. Every
 //! scenario measures ctx against a reference the kernel keeps itself (/proc/interrupts,
 //! /proc/stat, the workload's own count), and returns one [`Check`] per requirement.
 //!
@@ -22,6 +22,8 @@ use anyhow::{Context as _, bail};
 use ctx::model::CpuSample;
 use ctx_common::record::IrqKind;
 use ctx_common::{Arrival, CpuState};
+use ctx_vm_proto::expo::{Scrape, label, render};
+use ctx_vm_proto::suite::INITRAMFS;
 use ctx_vm_proto::{Check, Measured, Requirement};
 
 use crate::ipitrace::IpiTrace;
@@ -42,24 +44,6 @@ const IPIS: u64 = 200;
 
 fn sleep_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
-}
-
-fn at_least(min: f64) -> Requirement {
-    Requirement::AtLeast { min }
-}
-
-fn equals(text: &str) -> Requirement {
-    Requirement::Equals {
-        text: text.to_owned(),
-    }
-}
-
-fn exactly(target: u64, of: &str) -> Requirement {
-    Requirement::Within {
-        target: target as f64,
-        tolerance: 0.0,
-        of: of.to_owned(),
-    }
 }
 
 fn round2(x: f64) -> f64 {
@@ -172,53 +156,82 @@ pub fn no_disturbance(daemon: &Proc, probe: &mut Probe) -> anyhow::Result<Vec<Ch
         )
         .note(rate),
     ];
-    for row in ROWS {
-        let per = |a: &Interrupts, b: &Interrupts| -> Vec<u64> {
-            NOHZ_CPUS.iter().map(|c| a.delta(b, row, *c)).collect()
-        };
-        let (stopped, sampling) = (per(&s0, &s1), per(&w0, &w1));
+    let stopped = Window {
+        before: s0,
+        after: s1,
+        senders: in_stopped,
+    };
+    let sampling = Window {
+        before: w0,
+        after: w1,
+        senders: in_sampling,
+    };
+    checks.extend(ROWS.map(|row| ipi_row(row, &stopped, &sampling)));
+    checks.push(hooks_check(rep));
+    Ok(checks)
+}
+
+/// One window of scenario 6: /proc/interrupts at its ends, and who sent IPIs to CPUs 1-3.
+struct Window {
+    before: Interrupts,
+    after: Interrupts,
+    senders: Vec<String>,
+}
+
+impl Window {
+    /// The `row` counts per `nohz_full` CPU.
+    fn per_cpu(&self, row: &str) -> Vec<u64> {
+        NOHZ_CPUS
+            .iter()
+            .map(|c| self.before.delta(&self.after, row, *c))
+            .collect()
+    }
+
+    /// The senders of the IPIs that land in `row`, or "none".
+    fn senders_of(&self, row: &str) -> String {
         let kinds: &[&str] = match row {
             "RES" => &["res "],
             "IWI" => &["iwi "],
             _ => &["cf ", "cfs "],
         };
-        let of = |list: &[String]| -> String {
-            let v: Vec<&str> = list
-                .iter()
-                .map(String::as_str)
-                .filter(|l| {
-                    let kind = l.split_once("× ").map_or("", |x| x.1);
-                    kinds.iter().any(|k| kind.starts_with(k))
-                })
-                .collect();
-            if v.is_empty() {
-                "none".to_owned()
-            } else {
-                v.join("; ")
-            }
-        };
-        let fmt = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join("/");
-        checks.push(
-            Check::new(
-                6,
-                format!("{row} Δ on CPUs 1-3, ctx sampling at 1 kHz"),
-                Measured::count(sampling.iter().sum(), "IPIs"),
-                Requirement::AtMost {
-                    max: stopped.iter().sum::<u64>() as f64,
-                    of: "3 s with ctx stopped".into(),
-                },
-            )
-            .note(format!(
-                "per CPU 1/2/3: sampling {}, stopped {}; senders sampling: {}; stopped: {}",
-                fmt(&sampling),
-                fmt(&stopped),
-                of(&in_sampling),
-                of(&in_stopped)
-            )),
-        );
+        let v: Vec<&str> = self
+            .senders
+            .iter()
+            .map(String::as_str)
+            .filter(|l| {
+                let kind = l.split_once("× ").map_or("", |x| x.1);
+                kinds.iter().any(|k| kind.starts_with(k))
+            })
+            .collect();
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join("; ")
+        }
     }
-    checks.push(hooks_check(rep));
-    Ok(checks)
+}
+
+/// Scenario 6 for one /proc/interrupts row: no more IPIs to CPUs 1-3 while ctx samples at
+/// 1 kHz than while it is stopped.
+fn ipi_row(row: &str, stopped: &Window, sampling: &Window) -> Check {
+    let fmt = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join("/");
+    let (s, w) = (stopped.per_cpu(row), sampling.per_cpu(row));
+    Check::new(
+        6,
+        format!("{row} Δ on CPUs 1-3, ctx sampling at 1 kHz"),
+        Measured::count(w.iter().sum(), "IPIs"),
+        Requirement::AtMost {
+            max: s.iter().sum::<u64>() as f64,
+            of: "3 s with ctx stopped".into(),
+        },
+    )
+    .note(format!(
+        "per CPU 1/2/3: sampling {}, stopped {}; senders sampling: {}; stopped: {}",
+        fmt(&w),
+        fmt(&s),
+        sampling.senders_of(row),
+        stopped.senders_of(row)
+    ))
 }
 
 /// Part of setup: every hook in ctx's table was attached by the daemon.
@@ -234,7 +247,7 @@ fn hooks_check(rep: &Report) -> Check {
         0,
         "hooks attached by ctx-daemon",
         Measured::count(reused, "hooks"),
-        exactly(rep.hooks.len() as u64, "hooks in ctx's table"),
+        Requirement::exactly(rep.hooks.len() as u64, "hooks in ctx's table"),
     );
     if missing.is_empty() {
         c
@@ -273,6 +286,91 @@ impl Load {
     }
 }
 
+/// What the steps share: the daemon, a reader of its pins, and the workloads, which the first
+/// step that needs them starts.
+pub struct Env {
+    pub daemon: Proc,
+    pub probe: Probe,
+    load: Option<Result<Load, String>>,
+}
+
+impl Env {
+    pub fn new(daemon: Proc, probe: Probe) -> Self {
+        Self {
+            daemon,
+            probe,
+            load: None,
+        }
+    }
+
+    /// Ends the run: the workloads and the reader of the pins go, the daemon stays.
+    pub fn into_daemon(self) -> Proc {
+        self.daemon
+    }
+}
+
+/// The workloads of `slot`, started when they are not yet.
+fn load(slot: &mut Option<Result<Load, String>>) -> anyhow::Result<&mut Load> {
+    slot.get_or_insert_with(|| Load::start().map_err(|e| format!("starting the workloads: {e:#}")))
+        .as_mut()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// One step of the run: the scenarios it reports (of `ctx_vm_proto::suite::INITRAMFS`, which
+/// says on which kernels each applies) and what it does.
+pub struct Step {
+    pub scenarios: &'static [u8],
+    pub name: &'static str,
+    pub run: fn(&mut Env) -> anyhow::Result<Vec<Check>>,
+}
+
+impl Step {
+    const fn new(
+        scenarios: &'static [u8],
+        name: &'static str,
+        run: fn(&mut Env) -> anyhow::Result<Vec<Check>>,
+    ) -> Self {
+        Self {
+            scenarios,
+            name,
+            run,
+        }
+    }
+
+    /// Whether any of the step's scenarios runs on the kernel `release`.
+    pub fn applies_to(&self, release: &str) -> bool {
+        self.scenarios.iter().any(|id| {
+            INITRAMFS
+                .scenario(*id)
+                .is_some_and(|s| s.applies_to(release))
+        })
+    }
+}
+
+/// The steps in the order they run (the module's documentation says why). A new scenario is a
+/// row here and one in `INITRAMFS`.
+pub const STEPS: [Step; 7] = [
+    Step::new(&[6], "no disturbance", |e| {
+        no_disturbance(&e.daemon, &mut e.probe)
+    }),
+    Step::new(&[1, 3, 8], "user, idle, housekeeping", |e| {
+        load(&mut e.load)?;
+        user_idle_housekeeping()
+    }),
+    Step::new(&[5], "ipi", |e| ipis(load(&mut e.load)?, &mut e.probe)),
+    Step::new(&[1, 3], "kernel's own state", |e| {
+        load(&mut e.load)?;
+        kernel_state(&mut e.probe)
+    }),
+    Step::new(&[2], "kernel", |e| kernel_bound(load(&mut e.load)?)),
+    Step::new(&[4], "nmi", |e| nmi(load(&mut e.load)?, &mut e.probe)),
+    // The workloads stop first: the reader is pinned to the CPU that goes offline.
+    Step::new(&[7], "hotplug", |e| {
+        e.load = None;
+        hotplug(&mut e.daemon)
+    }),
+];
+
 /// One progress line per CPU of a ctxtop report, for the console log.
 fn log_report(tag: &str, rep: &Report) {
     say!(
@@ -310,7 +408,7 @@ fn log_report(tag: &str, rep: &Report) {
 }
 
 /// Transparent huge pages khugepaged made so far, and whose they are: each collapse broadcasts
-/// an IPI to every CPU on 6.1 (tlb_remove_table_sync_one()).
+/// an IPI to every CPU on 6.1 (`tlb_remove_table_sync_one()`).
 fn log_thp(tag: &str) {
     let collapsed = sys::read("/proc/vmstat")
         .ok()
@@ -402,7 +500,7 @@ pub fn user_idle_housekeeping() -> anyhow::Result<Vec<Check>> {
             1,
             "CPU 2 user share",
             Measured::value(pct.user, "%"),
-            at_least(98.0),
+            Requirement::at_least(98.0),
         )
         .note(format!(
             "kernel {} %, idle {} %, nmi {} %, {} kernel entries",
@@ -413,7 +511,7 @@ pub fn user_idle_housekeeping() -> anyhow::Result<Vec<Check>> {
         1,
         "CPU 2 hook source",
         Measured::text(&c.source),
-        equals("context_tracking"),
+        Requirement::equals("context_tracking"),
     ));
     let n = c.samples.total();
     let share = if n == 0 {
@@ -426,7 +524,7 @@ pub fn user_idle_housekeeping() -> anyhow::Result<Vec<Check>> {
             1,
             "CPU 2 samples with verdict deferrable",
             share,
-            at_least(95.0),
+            Requirement::at_least(95.0),
         )
         .note(format!(
             "{} of {n} samples deferrable, {} quiesced, {} ipi_needed",
@@ -447,7 +545,7 @@ pub fn user_idle_housekeeping() -> anyhow::Result<Vec<Check>> {
             3,
             "CPU 1 idle share",
             Measured::value(pct.idle, "%"),
-            at_least(95.0),
+            Requirement::at_least(95.0),
         )
         .note(format!(
             "user {} %, kernel {} %, nmi {} %",
@@ -455,13 +553,20 @@ pub fn user_idle_housekeeping() -> anyhow::Result<Vec<Check>> {
         )),
     );
 
-    // 8: housekeeping.
+    checks.extend(housekeeping(rep, &t0, &t1)?);
+    Ok(checks)
+}
+
+/// Scenario 8 from the same interval: CPU 0 runs on the syscall fallback, and its shares add up
+/// (`t0`, `t1`: its /proc/stat around the interval).
+fn housekeeping(rep: &Report, t0: &CpuTimes, t1: &CpuTimes) -> anyhow::Result<Vec<Check>> {
+    let mut checks = Vec::new();
     let c = rep.cpu(0)?;
     checks.push(Check::new(
         8,
         "CPU 0 hook source",
         Measured::text(&c.source),
-        equals("syscalls"),
+        Requirement::equals("syscalls"),
     ));
     let (m, note) = match &c.pct {
         Some(p) => (
@@ -473,7 +578,7 @@ pub fn user_idle_housekeeping() -> anyhow::Result<Vec<Check>> {
                 p.idle,
                 p.nmi,
                 c.syscalls,
-                stat_shares(&t0, &t1)
+                stat_shares(t0, t1)
             ),
         ),
         None => (Measured::error("no residency for CPU 0"), String::new()),
@@ -495,7 +600,7 @@ pub fn user_idle_housekeeping() -> anyhow::Result<Vec<Check>> {
 }
 
 /// Scenario 2 from one 3 s ctxtop interval with the /dev/zero reader on CPU 3, against
-/// /proc/stat over the same run (vtime accounting is exact on nohz_full CPUs).
+/// /proc/stat over the same run (vtime accounting is exact on `nohz_full` CPUs).
 pub fn kernel_bound(load: &mut Load) -> anyhow::Result<Vec<Check>> {
     say!("[2] /dev/zero reader on CPU 3 (64 MiB reads); ctxtop for 3 s");
     load.start_reader()?;
@@ -519,7 +624,7 @@ pub fn kernel_bound(load: &mut Load) -> anyhow::Result<Vec<Check>> {
             2,
             "CPU 3 kernel share",
             Measured::value(pct.kernel, "%"),
-            at_least(90.0),
+            Requirement::at_least(90.0),
         )
         .note(format!(
             "user {} %, {} syscalls, {} kernel entries",
@@ -609,13 +714,13 @@ pub fn nmi(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
             4,
             "NMIs delivered to CPUs 1-3 (NMI row Δ)",
             Measured::count(delivered, "NMIs"),
-            at_least(3.0),
+            Requirement::at_least(3.0),
         ),
         Check::new(
             4,
             "ctx NMI count Δ, CPUs 0 1 2 3",
             Measured::text(list(&ctx_d)),
-            equals(&list(&row_d)),
+            Requirement::equals(&list(&row_d)),
         )
         .note("reference: NMI row of /proc/interrupts over the same instants"),
         Check::new(
@@ -629,7 +734,7 @@ pub fn nmi(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
             4,
             "CPUs decoding to an NMI state afterwards",
             Measured::count(in_nmi.len() as u64, "CPUs"),
-            exactly(0, "none"),
+            Requirement::exactly(0, "none"),
         )
         .note(states.join(", ")),
     ])
@@ -682,7 +787,7 @@ pub fn ipis(load: &mut Load, probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
             5,
             "CAL Δ on CPU 2 from the membarrier loop",
             Measured::count(cal, "IPIs"),
-            at_least(IPIS as f64),
+            Requirement::at_least(IPIS as f64),
         )
         .note(format!("{IPIS} calls in {} ms", took_us / 1000)),
         Check::new(
@@ -738,7 +843,7 @@ pub fn kernel_state(probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
                 if cpu == USER_CPU { 1 } else { 3 },
                 format!("CPU {cpu}: kernel's own state *{want_kernel} and ctx {want_ctx}"),
                 Measured::count(agree, "of 10 readings"),
-                at_least(10.0),
+                Requirement::at_least(10.0),
             )
             .note(format!(
                 "kernel/ctx seen: {}; layout from BTF: {described}",
@@ -751,26 +856,23 @@ pub fn kernel_state(probe: &mut Probe) -> anyhow::Result<Vec<Check>> {
 
 /// Scenario 1 through ctx-daemon's /metrics: CPU 2's user share between two scrapes, its state
 /// and its facts.
-fn scraped_user(
-    m0: anyhow::Result<metrics::Scrape>,
-    m1: anyhow::Result<metrics::Scrape>,
-) -> Vec<Check> {
+fn scraped_user(m0: anyhow::Result<Scrape>, m1: anyhow::Result<Scrape>) -> Vec<Check> {
     let (m0, m1) = match (m0, m1) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
             return vec![Check::new(
                 1,
-                "/metrics scraped in the guest (busybox wget)",
+                "/metrics scraped in the guest",
                 Measured::error(format!("{e:#}")),
-                equals("scraped"),
+                Requirement::equals("scraped"),
             )];
         }
     };
-    let cpu = format!("cpu=\"{USER_CPU}\"");
-    let sec = |m: &metrics::Scrape, state: &str| {
+    let cpu = USER_CPU.to_string();
+    let sec = |m: &Scrape, state: &str| {
         m.sum(
-            "ctx_cpu_seconds_total{",
-            &[&cpu, &format!("state=\"{state}\"")],
+            "ctx_cpu_seconds_total",
+            &[("cpu", cpu.as_str()), ("state", state)],
         )
     };
     let d = |state: &str| sec(&m1, state) - sec(&m0, state);
@@ -781,15 +883,22 @@ fn scraped_user(
         Measured::error("no residency between the scrapes")
     };
     let state = m1
-        .get(&format!("ctx_cpu_state{{{cpu},state=\"user\"}}"))
+        .get("ctx_cpu_state", &[("cpu", cpu.as_str()), ("state", "user")])
         .unwrap_or(0.0);
-    let info = format!("ctx_cpu_info{{{cpu},nohz_full=\"true\",source=\"context_tracking\"}}");
+    let info = m1.get(
+        "ctx_cpu_info",
+        &[
+            ("cpu", cpu.as_str()),
+            ("nohz_full", "true"),
+            ("source", "context_tracking"),
+        ],
+    );
     vec![
         Check::new(
             1,
             "/metrics: CPU 2 user share between two scrapes",
             share,
-            at_least(98.0),
+            Requirement::at_least(98.0),
         )
         .note(format!(
             "Δ ctx_cpu_seconds_total user {:.3} s of {total:.3} s",
@@ -799,27 +908,23 @@ fn scraped_user(
             1,
             "/metrics: ctx_cpu_state{cpu=\"2\",state=\"user\"}",
             Measured::value(state, ""),
-            at_least(1.0),
+            Requirement::at_least(1.0),
         ),
         Check::new(
             1,
             "/metrics: CPU 2 info series",
-            Measured::text(if m1.get(&info).is_some() {
+            Measured::text(if info.is_some() {
                 "nohz_full, context_tracking"
             } else {
                 "missing"
             }),
-            equals("nohz_full, context_tracking"),
+            Requirement::equals("nohz_full, context_tracking"),
         ),
     ]
 }
 
 /// Scenario 5 through ctx-daemon's /metrics: call-function IPIs that found CPU 2 in user.
-fn scraped_ipis(
-    m0: anyhow::Result<metrics::Scrape>,
-    m1: anyhow::Result<metrics::Scrape>,
-    cal: u64,
-) -> Check {
+fn scraped_ipis(m0: anyhow::Result<Scrape>, m1: anyhow::Result<Scrape>, cal: u64) -> Check {
     let name = "/metrics: CAL-vector IPIs on CPU 2 arriving in user";
     let (m0, m1) = match (m0, m1) {
         (Ok(a), Ok(b)) => (a, b),
@@ -828,17 +933,27 @@ fn scraped_ipis(
                 5,
                 name,
                 Measured::error(format!("{e:#}")),
-                equals("scraped"),
+                Requirement::equals("scraped"),
             );
         }
     };
-    let cpu = format!("cpu=\"{USER_CPU}\"");
-    let user = |m: &metrics::Scrape| {
-        m.sum(
-            "ctx_cpu_ipis_received_total{",
-            &[&cpu, "vector=\"call_function", "state=\"user\""],
-        )
+    let cpu = USER_CPU.to_string();
+    let user = |m: &Scrape| -> f64 {
+        ["call_function", "call_function_single"]
+            .iter()
+            .map(|v| {
+                m.sum(
+                    "ctx_cpu_ipis_received_total",
+                    &[("cpu", cpu.as_str()), ("vector", v), ("state", "user")],
+                )
+            })
+            .sum()
     };
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a difference of two counters, clamped at 0, far below 2^53"
+    )]
     let got = (user(&m1) - user(&m0)).max(0.0) as u64;
     Check::new(
         5,
@@ -919,9 +1034,9 @@ fn counters(v: &CpuSample) -> Vec<(String, u64)> {
 /// Scenario 7 through /metrics: CPU 3's series vanish while it is offline (no stale values)
 /// and come back with every counter at least where it was.
 fn scraped_hotplug(
-    before: anyhow::Result<metrics::Scrape>,
-    offline: anyhow::Result<metrics::Scrape>,
-    after: anyhow::Result<metrics::Scrape>,
+    before: anyhow::Result<Scrape>,
+    offline: anyhow::Result<Scrape>,
+    after: anyhow::Result<Scrape>,
 ) -> Vec<Check> {
     let (before, offline, after) = match (before, offline, after) {
         (Ok(b), Ok(o), Ok(a)) => (b, o, a),
@@ -936,22 +1051,23 @@ fn scraped_hotplug(
                 7,
                 "/metrics scraped across hotplug",
                 Measured::error(e),
-                equals("3 scrapes"),
+                Requirement::equals("3 scrapes"),
             )];
         }
     };
-    let label = format!("cpu=\"{HOTPLUG_CPU}\"");
-    let series = |m: &metrics::Scrape| {
-        m.0.iter()
-            .filter(|(k, _)| k.contains(&label))
-            .map(|(k, v)| (k.clone(), *v))
+    let cpu = HOTPLUG_CPU.to_string();
+    let series = |m: &Scrape| {
+        m.samples
+            .iter()
+            .filter(|(s, _)| label(s, "cpu") == Some(cpu.as_str()))
+            .map(|(s, v)| (s.0.clone(), render(s), *v))
             .collect::<Vec<_>>()
     };
     let (b, o, a) = (series(&before), series(&offline), series(&after));
     let mut decreased = Vec::new();
     let mut compared = 0;
-    for (k, v) in b.iter().filter(|(k, _)| k.contains("_total{")) {
-        if let Some((_, w)) = a.iter().find(|(k2, _)| k2 == k) {
+    for (_, k, v) in b.iter().filter(|(name, ..)| name.ends_with("_total")) {
+        if let Some((.., w)) = a.iter().find(|(_, k2, _)| k2 == k) {
             compared += 1;
             if w < v {
                 decreased.push(format!("{k} {v} -> {w}"));
@@ -963,25 +1079,97 @@ fn scraped_hotplug(
             7,
             "/metrics: CPU 3 series while it is offline",
             Measured::count(o.len() as u64, "series"),
-            exactly(0, "none: no stale values"),
+            Requirement::exactly(0, "none: no stale values"),
         )
         .note(format!("{} series before offlining", b.len())),
         Check::new(
             7,
             "/metrics: CPU 3 series after onlining",
             Measured::count(a.len() as u64, "series"),
-            exactly(b.len() as u64, "as many as before"),
+            Requirement::exactly(b.len() as u64, "as many as before"),
         ),
         Check::new(
             7,
             "/metrics: CPU 3 counters that went down",
             Measured::count(decreased.len() as u64, ""),
-            exactly(0, "none"),
+            Requirement::exactly(0, "none"),
         )
         .note(decreased.first().cloned().unwrap_or_else(|| {
             format!("{compared} counters compared, before offlining and after onlining")
         })),
     ]
+}
+
+/// Scenario 7 as this process sampled it every 10 ms: CPU 3 seen offline, its counters never
+/// going down, and context tracking back on it after onlining.
+fn sampled_through_hotplug(seen: &[(bool, CpuSample)]) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let offline = seen.iter().filter(|(on, _)| !on).count() as u64;
+    checks.push(
+        Check::new(
+            7,
+            "samples that saw CPU 3 offline",
+            Measured::count(offline, "samples"),
+            Requirement::at_least(1.0),
+        )
+        .note(format!("{} samples every 10 ms in all", seen.len())),
+    );
+    let mut decreases = 0u64;
+    let mut first = None;
+    for pair in seen.windows(2) {
+        let (a, b) = (counters(&pair[0].1), counters(&pair[1].1));
+        for ((name, x), (_, y)) in a.iter().zip(b.iter()) {
+            if y < x {
+                decreases += 1;
+                first.get_or_insert_with(|| format!("{name} went from {x} to {y}"));
+            }
+        }
+    }
+    checks.push(
+        Check::new(
+            7,
+            "CPU 3 counter decreases",
+            Measured::count(decreases, ""),
+            Requirement::exactly(0, "never"),
+        )
+        .note(first.unwrap_or_else(|| {
+            format!(
+                "{} counters compared across {} consecutive samples",
+                seen.first().map_or(0, |(_, v)| counters(v).len()),
+                seen.len()
+            )
+        })),
+    );
+    let back = seen
+        .iter()
+        .rposition(|(on, _)| !on)
+        .map_or(0, |i| i + 1)
+        .min(seen.len().saturating_sub(1));
+    let (after_first, last) = (&seen[back].1, &seen[seen.len() - 1].1);
+    checks.push(Check::new(
+        7,
+        "CPU 3 source after onlining",
+        Measured::text(last.facts.source.as_str()),
+        Requirement::equals("context_tracking"),
+    ));
+    checks.push(
+        Check::new(
+            7,
+            "CPU 3 context-tracking entries after onlining",
+            Measured::count(
+                last.counts
+                    .kernel_entries
+                    .saturating_sub(after_first.counts.kernel_entries),
+                "entries",
+            ),
+            Requirement::Above { min: 0.0 },
+        )
+        .note(format!(
+            "state now {}",
+            last.status.state.map_or("-", CpuState::as_str)
+        )),
+    );
+    checks
 }
 
 pub fn hotplug(daemon: &mut Proc) -> anyhow::Result<Vec<Check>> {
@@ -1029,7 +1217,7 @@ pub fn hotplug(daemon: &mut Proc) -> anyhow::Result<Vec<Check>> {
             None => "running".to_owned(),
             Some(s) => format!("exited ({s})"),
         }),
-        equals("running"),
+        Requirement::equals("running"),
     )];
     match &lines {
         Ok(l) => checks.push(
@@ -1037,7 +1225,7 @@ pub fn hotplug(daemon: &mut Proc) -> anyhow::Result<Vec<Check>> {
                 7,
                 "ctxtop intervals printed across hotplug",
                 Measured::count(l.len() as u64, "intervals"),
-                exactly(INTERVALS, "--count"),
+                Requirement::exactly(INTERVALS, "--count"),
             )
             .note(
                 l.iter()
@@ -1057,7 +1245,7 @@ pub fn hotplug(daemon: &mut Proc) -> anyhow::Result<Vec<Check>> {
             7,
             "ctxtop intervals printed across hotplug",
             Measured::error(format!("{e:#}")),
-            exactly(INTERVALS, "--count"),
+            Requirement::exactly(INTERVALS, "--count"),
         )),
     }
     checks.extend(scraped_hotplug(m_before, m_offline, m_after));
@@ -1068,75 +1256,11 @@ pub fn hotplug(daemon: &mut Proc) -> anyhow::Result<Vec<Check>> {
                 7,
                 "ctx sampling through hotplug",
                 Measured::error(format!("{e:#}")),
-                equals("no error"),
+                Requirement::equals("no error"),
             ));
             return Ok(checks);
         }
     };
-    let offline = seen.iter().filter(|(on, _)| !on).count() as u64;
-    checks.push(
-        Check::new(
-            7,
-            "samples that saw CPU 3 offline",
-            Measured::count(offline, "samples"),
-            at_least(1.0),
-        )
-        .note(format!("{} samples every 10 ms in all", seen.len())),
-    );
-    let mut decreases = 0u64;
-    let mut first = None;
-    for pair in seen.windows(2) {
-        let (a, b) = (counters(&pair[0].1), counters(&pair[1].1));
-        for ((name, x), (_, y)) in a.iter().zip(b.iter()) {
-            if y < x {
-                decreases += 1;
-                first.get_or_insert_with(|| format!("{name} went from {x} to {y}"));
-            }
-        }
-    }
-    checks.push(
-        Check::new(
-            7,
-            "CPU 3 counter decreases",
-            Measured::count(decreases, ""),
-            exactly(0, "never"),
-        )
-        .note(first.unwrap_or_else(|| {
-            format!(
-                "{} counters compared across {} consecutive samples",
-                seen.first().map_or(0, |(_, v)| counters(v).len()),
-                seen.len()
-            )
-        })),
-    );
-    let back = seen
-        .iter()
-        .rposition(|(on, _)| !on)
-        .map_or(0, |i| i + 1)
-        .min(seen.len().saturating_sub(1));
-    let (after_first, last) = (&seen[back].1, &seen[seen.len() - 1].1);
-    checks.push(Check::new(
-        7,
-        "CPU 3 source after onlining",
-        Measured::text(last.facts.source.as_str()),
-        equals("context_tracking"),
-    ));
-    checks.push(
-        Check::new(
-            7,
-            "CPU 3 context-tracking entries after onlining",
-            Measured::count(
-                last.counts
-                    .kernel_entries
-                    .saturating_sub(after_first.counts.kernel_entries),
-                "entries",
-            ),
-            Requirement::Above { min: 0.0 },
-        )
-        .note(format!(
-            "state now {}",
-            last.status.state.map_or("-", CpuState::as_str)
-        )),
-    );
+    checks.extend(sampled_through_hotplug(&seen));
     Ok(checks)
 }

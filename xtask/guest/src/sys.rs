@@ -13,7 +13,7 @@ pub fn pin_self(cpu: usize) -> anyhow::Result<()> {
     // sched_setaffinity migrates the caller before it returns.
     // SAFETY: no preconditions.
     let now = unsafe { libc::sched_getcpu() };
-    if now != cpu as i32 {
+    if usize::try_from(now).ok() != Some(cpu) {
         bail!("pinned to CPU {cpu} but running on CPU {now}");
     }
     Ok(())
@@ -28,7 +28,9 @@ pub fn pin(pid: libc::pid_t, cpus: &[usize]) -> io::Result<()> {
         unsafe { libc::CPU_SET(*c, &mut set) };
     }
     // SAFETY: valid set and size.
-    let rc = unsafe { libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    let rc = unsafe {
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -73,10 +75,10 @@ pub fn power_off() -> ! {
     }
 }
 
-/// Does what an administrator of a nohz_full host does (Documentation/admin-guide/
+/// Does what an administrator of a `nohz_full` host does (Documentation/admin-guide/
 /// kernel-per-CPU-kthreads.rst): moves every task that may move, and every device interrupt,
 /// to the housekeeping CPU. Per-CPU kthreads refuse (EINVAL) and stay. Without this, a kthread
-/// that last ran on a nohz_full CPU (kcompactd on 6.1, kdamond on 7.2) keeps being woken there
+/// that last ran on a `nohz_full` CPU (kcompactd on 6.1, kdamond on 7.2) keeps being woken there
 /// by IPIs, whatever ctx does. Returns (tasks moved, interrupts moved).
 pub fn move_to_housekeeping(cpu: usize) -> (usize, usize) {
     let mut tasks = 0;
@@ -197,7 +199,7 @@ impl Interrupts {
     }
 }
 
-/// One CPU's line of /proc/stat, in USER_HZ ticks.
+/// One CPU's line of /proc/stat, in `USER_HZ` ticks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuTimes {
     pub user: u64,

@@ -1,6 +1,7 @@
-//! Debian's current cloud kernel of a suite, found and fetched with apt through a source list
-//! and state of our own under `target/vm/kernels/<suite>/`: the host's apt configuration,
-//! lists and cache are never read for sources nor written.
+//! The kernels vm-test boots ([`KERNELS`]), and Debian's current cloud kernel of each suite,
+//! found and fetched with apt through a source list and state of our own under
+//! `target/vm/kernels/<suite>/`: the host's apt configuration, lists and cache are never read
+//! for sources nor written.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -9,35 +10,68 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Suite {
-    Bookworm,
-    Trixie,
-    Sid,
+/// One kernel that vm-test boots, and what is true of it. A new kernel is a row of
+/// [`KERNELS`]; what differs about it (its facts, its command line) is said here.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KernelSpec {
+    /// What `--kernel` calls it, and the Debian suite whose current cloud kernel it is.
+    pub name: &'static str,
+    /// The kernel series the suite carried when the row was written, for `--help` and tables.
+    pub series: &'static str,
+    /// The CPUs booted `nohz_full` (with `rcu_nocbs`), which context tracking then drives; the
+    /// guests check them. `None` would be a kernel without `NO_HZ_FULL`, whose CPUs all run
+    /// on ctx's syscall fallback.
+    pub nohz_full: Option<&'static str>,
 }
 
-impl Suite {
-    pub const ALL: [Suite; 3] = [Self::Bookworm, Self::Trixie, Self::Sid];
+impl KernelSpec {
+    /// What this kernel adds to every boot's command line.
+    pub fn params(&self) -> Vec<String> {
+        self.nohz_full
+            .map(|cpus| vec![format!("nohz_full={cpus}"), format!("rcu_nocbs={cpus}")])
+            .unwrap_or_default()
+    }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Bookworm => "bookworm",
-            Self::Trixie => "trixie",
-            Self::Sid => "sid",
-        }
+    /// The row named `name`.
+    pub fn named(name: &str) -> Option<&'static Self> {
+        KERNELS.iter().find(|k| k.name == name)
     }
 }
+
+/// Every kernel `--kernel all` boots, in order.
+pub const KERNELS: [KernelSpec; 3] = [
+    KernelSpec {
+        name: "bookworm",
+        series: "6.1",
+        nohz_full: Some("1-3"),
+    },
+    KernelSpec {
+        name: "trixie",
+        series: "6.12",
+        nohz_full: Some("1-3"),
+    },
+    KernelSpec {
+        name: "sid",
+        series: "7.x",
+        nohz_full: Some("1-3"),
+    },
+];
 
 /// The metapackage that always depends on the suite's current cloud kernel.
 const META: &str = "linux-image-cloud-amd64";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
-/// Overrides the Debian mirror, e.g. for a CI cache.
+/// Overrides the Debian mirror (kernels and the systemd suite's rootfs), e.g. for a CI cache.
 pub const MIRROR_ENV: &str = "CTX_VM_DEBIAN_MIRROR";
+
+/// The Debian mirror to fetch from.
+pub fn mirror() -> String {
+    std::env::var(MIRROR_ENV).unwrap_or_else(|_| DEFAULT_MIRROR.to_owned())
+}
 
 #[derive(Clone, Debug)]
 pub struct Kernel {
-    pub suite: Suite,
+    pub spec: &'static KernelSpec,
     /// The package the image came from (`linux-image-*`, or `linux-binary-*` from 7.x on).
     pub package: String,
     /// Debian version of the metapackage, e.g. `6.1.176-1`.
@@ -45,10 +79,37 @@ pub struct Kernel {
     /// What `uname -r` will say.
     pub release: String,
     pub vmlinuz: PathBuf,
-    /// The archive of the modules the systemd VM loads (virtio-net), when asked for.
-    pub modules: Option<PathBuf>,
+    /// What [`Extra`] made of the kernel's packages, when asked for.
+    pub extra: Option<PathBuf>,
     /// Everything asked for was already in the cache.
     pub cached: bool,
+}
+
+impl Kernel {
+    /// The trixie kernel of [`crate::vm::transcript::fixture::RELEASE`], for tests.
+    #[cfg(test)]
+    pub fn fixture() -> Self {
+        Self {
+            spec: &KERNELS[1],
+            package: "linux-image-6.12.117+deb13-cloud-amd64".into(),
+            version: "6.12.117-1".into(),
+            release: crate::vm::transcript::fixture::RELEASE.into(),
+            vmlinuz: PathBuf::from("/k"),
+            extra: None,
+            cached: true,
+        }
+    }
+}
+
+/// Something a suite builds from a kernel's packages while they are at hand (the systemd
+/// suite's virtio-net modules), cached beside the kernel.
+pub trait Extra {
+    /// Where the file for `release` is cached in `dir`.
+    fn path(&self, dir: &Path, release: &str) -> PathBuf;
+    /// Whether `file` in a kernel's cache directory is one of these, of any release.
+    fn is_one(&self, file: &str) -> bool;
+    /// Builds it at [`Extra::path`] from `debs`, the kernel's packages that hold its modules.
+    fn build(&self, debs: &[PathBuf], release: &str, dir: &Path) -> anyhow::Result<()>;
 }
 
 struct Apt {
@@ -56,7 +117,7 @@ struct Apt {
 }
 
 impl Apt {
-    fn new(dir: &Path, suite: Suite) -> anyhow::Result<Self> {
+    fn new(dir: &Path, suite: &str) -> anyhow::Result<Self> {
         if !Path::new(KEYRING).exists() {
             bail!("{KEYRING} is missing: install debian-archive-keyring");
         }
@@ -64,12 +125,11 @@ impl Apt {
             fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
-        let mirror = std::env::var(MIRROR_ENV).unwrap_or_else(|_| DEFAULT_MIRROR.to_owned());
+        let mirror = mirror();
         // deb822 needs the .sources suffix; one-line format would need .list.
         let sources = format!(
-            "Types: deb\nURIs: {mirror}\nSuites: {}\nComponents: main\nArchitectures: amd64\n\
-             Targets: Packages\nSigned-By: {KEYRING}\n",
-            suite.name()
+            "Types: deb\nURIs: {mirror}\nSuites: {suite}\nComponents: main\nArchitectures: amd64\n\
+             Targets: Packages\nSigned-By: {KEYRING}\n"
         );
         let path = dir.join("ctx.sources");
         if fs::read_to_string(&path).ok().as_deref() != Some(sources.as_str()) {
@@ -243,26 +303,26 @@ fn packages(
     })
 }
 
-/// Resolves the suite's current cloud kernel and makes sure its image is in the cache; with
-/// `modules`, also the archive of the modules the systemd VM needs (`sysvm::kernel_modules`),
-/// built from the kernel's packages while they are at hand. The packages themselves are not
-/// kept.
-pub fn fetch(suite: Suite, cache: &Path, modules: bool) -> anyhow::Result<Kernel> {
-    let dir = cache.join(suite.name());
+/// Resolves the current cloud kernel of `spec`'s suite and makes sure its image is in `cache`;
+/// with `extra`, also what that builds from the kernel's packages. The packages themselves are
+/// not kept.
+pub fn fetch(
+    spec: &'static KernelSpec,
+    cache: &Path,
+    extra: Option<&dyn Extra>,
+) -> anyhow::Result<Kernel> {
+    let suite = spec.name;
+    let dir = cache.join(suite);
     let apt = Apt::new(&dir, suite)?;
     if let Err(e) = apt.update() {
         if !apt.has_lists() {
             return Err(e).with_context(|| {
-                format!(
-                    "fetching the {} package lists (network, or set {MIRROR_ENV})",
-                    suite.name()
-                )
+                format!("fetching the {suite} package lists (network, or set {MIRROR_ENV})")
             });
         }
         eprintln!(
-            "vm-test: warning: {}: apt-get update failed, using the package lists of an earlier \
-             run: {e:#}",
-            suite.name()
+            "vm-test: warning: {suite}: apt-get update failed, using the package lists of an \
+             earlier run: {e:#}"
         );
     }
     let meta = apt.show(META)?;
@@ -270,32 +330,26 @@ pub fn fetch(suite: Suite, cache: &Path, modules: bool) -> anyhow::Result<Kernel
     let p = packages(meta.get("Depends").map_or("", String::as_str), |image| {
         Ok(apt.show(image)?.get("Depends").cloned().unwrap_or_default())
     })
-    .with_context(|| format!("resolving the {} cloud kernel", suite.name()))?;
+    .with_context(|| format!("resolving the {suite} cloud kernel"))?;
     let release = p.release.clone();
     let vmlinuz = dir.join(format!("vmlinuz-{release}"));
-    let archive = crate::sysvm::modules_archive(&dir, &release);
+    let extra_path = extra.map(|x| x.path(&dir, &release));
     let have_image = vmlinuz.metadata().is_ok_and(|m| m.len() > 0);
-    let have_modules = !modules || archive.exists();
-    let cached = have_image && have_modules;
+    let have_extra = extra_path.as_ref().is_none_or(|p| p.exists());
+    let cached = have_image && have_extra;
     if !cached {
         let mut names = Vec::new();
         if !have_image {
             names.push(p.image.clone());
         }
-        if !have_modules {
-            names.extend(
-                p.modules
-                    .iter()
-                    .filter(|m| !names.contains(m))
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            );
+        if !have_extra {
+            for m in &p.modules {
+                if !names.contains(m) {
+                    names.push(m.clone());
+                }
+            }
         }
-        eprintln!(
-            "vm-test: {}: downloading {}",
-            suite.name(),
-            names.join(", ")
-        );
+        eprintln!("vm-test: {suite}: downloading {}", names.join(", "));
         let mut debs = Vec::new();
         let r = (|| {
             for n in &names {
@@ -306,9 +360,9 @@ pub fn fetch(suite: Suite, cache: &Path, modules: bool) -> anyhow::Result<Kernel
                 let d = deb(&p.image).context("the image package was not downloaded")?;
                 extract(&d, &p.member, &vmlinuz)?;
             }
-            if !have_modules {
+            if let Some(x) = extra.filter(|_| !have_extra) {
                 let d: Vec<PathBuf> = p.modules.iter().filter_map(deb).collect();
-                crate::sysvm::kernel_modules(&d, &release, &dir)?;
+                x.build(&d, &release, &dir)?;
             }
             anyhow::Ok(())
         })();
@@ -317,25 +371,22 @@ pub fn fetch(suite: Suite, cache: &Path, modules: bool) -> anyhow::Result<Kernel
         }
         r?;
         // Older kernels of this suite are of no further use.
-        let keep = [&vmlinuz, &archive];
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = e.path();
-            let old = path.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.starts_with("vmlinuz-") || n.starts_with(crate::sysvm::MODULES_ARCHIVE_PREFIX)
-            });
-            if old && !keep.contains(&&path) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let old = name.starts_with("vmlinuz-") || extra.is_some_and(|x| x.is_one(&name));
+            if old && path != vmlinuz && Some(&path) != extra_path.as_ref() {
                 let _ = fs::remove_file(path);
             }
         }
     }
     Ok(Kernel {
-        suite,
+        spec,
         package: p.image,
         version,
         release,
         vmlinuz,
-        modules: modules.then_some(archive),
+        extra: extra_path,
         cached,
     })
 }

@@ -1,28 +1,90 @@
-//! Booting one kernel under qemu and reading its serial console: the guest's protocol lines,
-//! and the kernel's reports of trouble.
+//! The qemu machine of both suites ([`Boot`]), and the runner that reads its serial console:
+//! every line to the suite's handler, the kernel's reports of trouble classified here.
 
 use std::fs::File;
 use std::io::{BufRead as _, BufReader, Read, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use ctx_vm_proto::{Check, Line, PREFIX, Verdict};
 
-/// The kernel command line. nohz_full/rcu_nocbs are the setup under test.
+use super::kernel::Kernel;
+
+/// What every boot's command line holds, whatever the suite and the kernel (the kernel's row
+/// adds its `nohz_full` set, the suite what its guest needs):
 /// - `tsc=nowatchdog`: under TCG the clocksource watchdog checks the TSC of every CPU in turn
 ///   every 0.5 s (6.12: via `add_timer_on()` → `irq_work_queue_on()`; 7.2: via
-///   `smp_call_function_single_async()`), which IPIs the idle nohz_full CPUs whatever ctx does
-///   and makes scenario 6 a coin toss. Hardware with invariant, adjustable TSCs runs without
-///   this watchdog.
-/// - `quiet`: only errors and worse reach the serial console as they happen (panics, oopses,
-///   `BUG:`, RCU stalls). Printing the sysrq-l backtraces of scenario 4 to the console held
-///   CPU 0 for seconds under TCG, long enough for the kernel's own `sched_tick_remote` check
-///   to WARN. The guest forwards warnings from /dev/kmsg before its verdict instead.
+///   `smp_call_function_single_async()`), which IPIs the idle `nohz_full` CPUs whatever ctx does
+///   and makes the no-disturbance scenario a coin toss. Hardware with invariant, adjustable
+///   TSCs runs without this watchdog.
 /// - `panic=-1`: a panic reboots at once, and `-no-reboot` turns that into qemu exiting.
-pub const CMDLINE: &str = "console=ttyS0 nohz_full=1-3 rcu_nocbs=1-3 tsc=nowatchdog quiet panic=-1";
+const BASE_PARAMS: [&str; 2] = ["tsc=nowatchdog", "panic=-1"];
+
+/// One boot: the machine every suite boots (single-threaded TCG, serial console on stdio, no
+/// reboot on panic) with this boot's kernel, initramfs, size and command line.
+#[derive(Clone, Debug)]
+pub struct Boot {
+    pub vmlinuz: PathBuf,
+    pub initrd: PathBuf,
+    pub mem_mib: u32,
+    /// vCPUs: CPU 0 for housekeeping, the others for the kernel's `nohz_full` set.
+    pub smp: u32,
+    /// The kernel command line after `console=ttyS0`.
+    pub params: Vec<String>,
+    /// More qemu options (devices, networks).
+    pub args: Vec<String>,
+}
+
+impl Boot {
+    /// A boot of `k` with `initrd`: 4 vCPUs, the base command line and the kernel's own.
+    pub fn new(k: &Kernel, initrd: &Path, mem_mib: u32) -> Self {
+        let mut params = k.spec.params();
+        params.extend(BASE_PARAMS.map(str::to_owned));
+        Self {
+            vmlinuz: k.vmlinuz.clone(),
+            initrd: initrd.to_owned(),
+            mem_mib,
+            smp: 4,
+            params,
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds parameters to the kernel command line.
+    #[must_use]
+    pub fn params<const N: usize>(mut self, params: [&str; N]) -> Self {
+        self.params.extend(params.map(str::to_owned));
+        self
+    }
+
+    pub fn cmdline(&self) -> String {
+        format!("console=ttyS0 {}", self.params.join(" "))
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args([
+            "-accel",
+            // Multi-threaded TCG hangs on the int3 of text patching (TOOLCHAIN.md).
+            "tcg,thread=single",
+            "-cpu",
+            "max",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-smp", &self.smp.to_string()])
+        .args(["-m", &self.mem_mib.to_string()])
+        .args(&self.args)
+        .arg("-kernel")
+        .arg(&self.vmlinuz)
+        .arg("-initrd")
+        .arg(&self.initrd)
+        .args(["-append", &self.cmdline()]);
+        c
+    }
+}
 
 /// How long qemu gets to power off after the verdict.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(60);
@@ -40,13 +102,8 @@ pub enum Trouble {
 ///
 /// Fatal: panics, RCU stalls, lockups. Failures: oopses, `BUG:` and `WARNING:` splats, hung
 /// tasks. `echo l > /proc/sysrq-trigger` (scenario 4) prints "NMI backtrace for cpu N" and a
-/// call trace per CPU at KERN_WARNING: those are asked for and match none of these.
+/// call trace per CPU at `KERN_WARNING`: those are asked for and match none of these.
 pub fn trouble(line: &str) -> Option<Trouble> {
-    // Drop the printk timestamp, "[   12.345678] ".
-    let msg = match line.trim_start().strip_prefix('[') {
-        Some(r) => r.split_once(']').map_or(r, |(_, m)| m).trim_start(),
-        None => line.trim_start(),
-    };
     const FATAL: [(&str, &str); 6] = [
         ("Kernel panic - not syncing", "kernel panic"),
         ("detected stall", "RCU stall"),
@@ -62,6 +119,11 @@ pub fn trouble(line: &str) -> Option<Trouble> {
         ("Unable to handle kernel", "oops"),
         ("blocked for more than", "hung task"),
     ];
+    // Drop the printk timestamp, "[   12.345678] ".
+    let msg = match line.trim_start().strip_prefix('[') {
+        Some(r) => r.split_once(']').map_or(r, |(_, m)| m).trim_start(),
+        None => line.trim_start(),
+    };
     if let Some((_, what)) = FATAL.iter().find(|(p, _)| msg.contains(p)) {
         return Some(Trouble::Fatal(what));
     }
@@ -105,7 +167,7 @@ enum Event {
     Closed,
 }
 
-fn pump(r: impl Read, tx: Sender<Event>, wrap: fn(String) -> Event) {
+fn pump(r: impl Read, tx: &Sender<Event>, wrap: fn(String) -> Event) {
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
     loop {
@@ -160,10 +222,10 @@ pub fn run(
     let err = child.stderr.take().context("no stderr pipe from qemu")?;
     let tx2 = tx.clone();
     let t_out = std::thread::spawn(move || {
-        pump(out, tx2.clone(), Event::Out);
+        pump(out, &tx2, Event::Out);
         let _ = tx2.send(Event::Closed);
     });
-    let t_err = std::thread::spawn(move || pump(err, tx, Event::Err));
+    let t_err = std::thread::spawn(move || pump(err, &tx, Event::Err));
 
     let mut r = Run::default();
     let deadline = start + timeout;
@@ -229,91 +291,6 @@ pub fn run(
     Ok(r)
 }
 
-/// What one boot of the initramfs guest produced.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    pub release: Option<String>,
-    pub checks: Vec<Check>,
-    pub verdicts: Vec<Verdict>,
-    /// Kernel trouble, timeouts, malformed guest lines: each fails the run.
-    pub problems: Vec<String>,
-    pub elapsed: Duration,
-}
-
-impl Outcome {
-    /// Takes in one console line of the initramfs guest. The guest forwards the kernel's
-    /// warnings and worse from /dev/kmsg (the console is `quiet`): trouble in them is recorded
-    /// here, and the guest goes on to its verdict.
-    fn feed(&mut self, line: &str, progress: &dyn Fn(&str)) -> Seen {
-        match Line::parse(from_prefix(line, PREFIX)) {
-            Some(Ok(Line::Kernel(r))) => self.release = Some(r),
-            Some(Ok(Line::Kmsg(_, text))) => {
-                if let Some(Trouble::Fatal(what) | Trouble::Failure(what)) = trouble(&text) {
-                    progress(&format!("kernel log: {text}"));
-                    self.problems.push(format!("{what}: {}", text.trim()));
-                }
-            }
-            Some(Ok(Line::Check(c))) => self.checks.push(c),
-            Some(Ok(Line::Verdict(v))) => {
-                self.verdicts.push(v);
-                return Seen::Verdict;
-            }
-            Some(Ok(Line::Progress(p))) => progress(&p),
-            Some(Err(e)) => self.problems.push(e.to_string()),
-            None => return Seen::Other,
-        }
-        Seen::Guest
-    }
-}
-
-/// The VM every suite boots: 4 vCPUs under single-threaded TCG, serial console on stdio,
-/// `mem_mib` of memory, no reboot on panic.
-pub fn machine(mem_mib: u32) -> Command {
-    let mut c = Command::new("qemu-system-x86_64");
-    c.args([
-        "-accel",
-        // Multi-threaded TCG hangs on the int3 of text patching (TOOLCHAIN.md).
-        "tcg,thread=single",
-        "-cpu",
-        "max",
-        "-smp",
-        "4",
-        "-nographic",
-        "-no-reboot",
-    ])
-    .args(["-m", &mem_mib.to_string()]);
-    c
-}
-
-/// Boots `vmlinuz` with the initramfs guest's `initrd`, writes the console to `log`, and
-/// returns what was seen. `progress` gets the guest's progress lines and the kernel's trouble
-/// as they come.
-pub fn boot(
-    vmlinuz: &Path,
-    initrd: &Path,
-    log: &Path,
-    timeout: Duration,
-    progress: &dyn Fn(&str),
-) -> anyhow::Result<Outcome> {
-    let mut cmd = machine(1024);
-    cmd.arg("-kernel")
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", CMDLINE]);
-    let mut o = Outcome::default();
-    let r = run(
-        &mut cmd,
-        log,
-        timeout,
-        &mut |line| o.feed(line, progress),
-        progress,
-    )?;
-    o.problems.extend(r.problems);
-    o.elapsed = r.elapsed;
-    Ok(o)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,7 +349,7 @@ mod tests {
         let log = std::env::temp_dir().join(format!(
             "xtask-qemu-run-{}-{:x}.log",
             std::process::id(),
-            crate::rootfs::fnv1a(script)
+            crate::vm::fnv1a(script)
         ));
         let mut seen = Vec::new();
         let r = run(
@@ -445,31 +422,25 @@ mod tests {
     }
 
     #[test]
-    fn initramfs_console_lines() {
-        let mut o = Outcome::default();
-        let p = |_: &str| {};
-        // Firmware escape sequences before the guest's first line.
-        assert_eq!(
-            o.feed(
-                &format!("\x1b[2J\x1b[01;01H{PREFIX}kernel 6.1.0-50-cloud-amd64"),
-                &p
-            ),
-            Seen::Guest
-        );
-        assert_eq!(o.release.as_deref(), Some("6.1.0-50-cloud-amd64"));
-        assert_eq!(o.feed("[    0.5] some kernel line", &p), Seen::Other);
-        // The kernel's warnings, forwarded from /dev/kmsg, are trouble; the guest goes on.
-        assert_eq!(
-            o.feed(
-                &format!("{PREFIX}kmsg 4 WARNING: CPU: 0 PID: 42 at kernel/sched/core.c:5611 x"),
-                &p
-            ),
-            Seen::Guest
-        );
-        assert_eq!(o.problems.len(), 1, "{:?}", o.problems);
-        assert_eq!(o.feed(&format!("{PREFIX}verdict pass"), &p), Seen::Verdict);
-        assert_eq!(o.verdicts, vec![Verdict::Pass]);
+    fn from_prefix_skips_what_precedes_a_guest_line() {
         assert_eq!(from_prefix("abc", "x: "), "abc");
         assert_eq!(from_prefix("zzx: abc", "x: "), "x: abc");
+    }
+
+    #[test]
+    fn boot_command_line() {
+        let k = Kernel::fixture();
+        let b = Boot::new(&k, Path::new("/i"), 1024).params(["quiet"]);
+        assert_eq!(
+            b.cmdline(),
+            "console=ttyS0 nohz_full=1-3 rcu_nocbs=1-3 tsc=nowatchdog panic=-1 quiet"
+        );
+        let args: Vec<String> = b
+            .command()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(args.contains(&"tcg,thread=single".to_owned()));
+        assert_eq!(args.last(), Some(&b.cmdline()));
     }
 }

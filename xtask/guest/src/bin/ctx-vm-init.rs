@@ -9,8 +9,9 @@ use anyhow::{Context as _, bail};
 use ctx::host::system::{BPF_FS_MAGIC, fs_magic_is};
 use ctx_vm_guest::probe::{PIN_DIR, Probe};
 use ctx_vm_guest::procs::{self, CTX_DAEMON, Proc};
-use ctx_vm_guest::scenarios::{self, Load};
+use ctx_vm_guest::scenarios::{Env, STEPS};
 use ctx_vm_guest::{emit, say, sys};
+use ctx_vm_proto::suite::INITRAMFS;
 use ctx_vm_proto::{Check, Line, Measured, Requirement, Verdict};
 
 fn main() {
@@ -19,26 +20,25 @@ fn main() {
     sys::power_off()
 }
 
-/// A check that failed because its scenario could not run.
-fn broken(scenario: u8, name: &str, e: &anyhow::Error) -> Check {
-    Check::new(
-        scenario,
-        name,
-        Measured::error(format!("{e:#}")),
-        Requirement::Equals {
-            text: "no error".into(),
-        },
-    )
-}
-
-fn add(checks: &mut Vec<Check>, scenario: u8, name: &str, r: anyhow::Result<Vec<Check>>) {
+/// Adds what one step reported, or a failed check per scenario of the step when it could not
+/// run.
+fn add(checks: &mut Vec<Check>, scenarios: &[u8], name: &str, r: anyhow::Result<Vec<Check>>) {
     match r {
         Ok(c) => checks.extend(c),
         Err(e) => {
-            say!("[{scenario}] {name}: {e:#}");
-            checks.push(broken(scenario, name, &e));
+            say!("[{scenarios:?}] {name}: {e:#}");
+            checks.extend(
+                scenarios
+                    .iter()
+                    .map(|n| Check::broken(*n, name, format!("{e:#}"))),
+            );
         }
     }
+}
+
+/// `uname -r`.
+fn release() -> anyhow::Result<String> {
+    Ok(sys::read("/proc/sys/kernel/osrelease")?.trim().to_owned())
 }
 
 fn setup() -> anyhow::Result<()> {
@@ -61,9 +61,7 @@ fn setup() -> anyhow::Result<()> {
     let _ = sys::mount("tracefs", "/sys/kernel/tracing", "tracefs");
     // Ends whatever the firmware left on the console line, so the next line starts clean.
     println!();
-    emit(&Line::Kernel(
-        sys::read("/proc/sys/kernel/osrelease")?.trim().to_owned(),
-    ));
+    emit(&Line::Kernel(release()?));
     let nohz = sys::read("/sys/devices/system/cpu/nohz_full")?;
     if nohz.trim() != "1-3" {
         bail!(
@@ -154,78 +152,41 @@ fn teardown(mut daemon: Proc) -> anyhow::Result<Vec<Check>> {
 fn run() -> Vec<Check> {
     let mut checks = Vec::new();
     if let Err(e) = setup() {
-        checks.push(broken(0, "guest setup", &e));
+        checks.push(Check::broken(0, "guest setup", format!("{e:#}")));
         return checks;
     }
-    let mut daemon = match start_daemon(&mut checks) {
+    let daemon = match start_daemon(&mut checks) {
         Ok(d) => d,
         Err(e) => {
-            checks.push(broken(0, "ctx-daemon attaches", &e));
+            checks.push(Check::broken(0, "ctx-daemon attaches", format!("{e:#}")));
             return checks;
         }
     };
-    let mut probe = match Probe::open() {
+    let probe = match Probe::open() {
         Ok(p) => p,
         Err(e) => {
-            checks.push(broken(0, "reading ctx-daemon's pins", &e));
+            checks.push(Check::broken(
+                0,
+                "reading ctx-daemon's pins",
+                format!("{e:#}"),
+            ));
             return checks;
         }
     };
-
-    add(
-        &mut checks,
-        6,
-        "no disturbance",
-        scenarios::no_disturbance(&daemon, &mut probe),
-    );
-    match Load::start() {
-        Ok(mut load) => {
-            add(
-                &mut checks,
-                1,
-                "user, idle, housekeeping",
-                scenarios::user_idle_housekeeping(),
-            );
-            add(
-                &mut checks,
-                5,
-                "ipi",
-                scenarios::ipis(&mut load, &mut probe),
-            );
-            add(
-                &mut checks,
-                1,
-                "kernel's own state",
-                scenarios::kernel_state(&mut probe),
-            );
-            add(&mut checks, 2, "kernel", scenarios::kernel_bound(&mut load));
-            add(&mut checks, 4, "nmi", scenarios::nmi(&mut load, &mut probe));
-        }
-        Err(e) => {
-            say!("starting the workloads: {e:#}");
-            for (n, name) in [
-                (1, "user"),
-                (2, "kernel"),
-                (3, "idle"),
-                (4, "nmi"),
-                (5, "ipi"),
-                (8, "housekeeping"),
-            ] {
-                checks.push(broken(n, name, &e));
-            }
-        }
+    let release = release().unwrap_or_default();
+    let mut env = Env::new(daemon, probe);
+    for step in STEPS.iter().filter(|s| s.applies_to(&release)) {
+        let r = (step.run)(&mut env);
+        add(&mut checks, step.scenarios, step.name, r);
     }
-    add(&mut checks, 7, "hotplug", scenarios::hotplug(&mut daemon));
-    drop(probe);
-    add(&mut checks, 0, "teardown", teardown(daemon));
+    add(&mut checks, &[0], "teardown", teardown(env.into_daemon()));
     checks
 }
 
 /// Prints every check, then the verdict, once.
 fn finish(checks: &[Check]) {
-    let covered = (1..=8).all(|n| checks.iter().any(|c| c.scenario == n));
-    let pass = covered && checks.iter().all(|c| c.pass);
-    if !pass {
+    let verdict = INITRAMFS.verdict(checks, &release().unwrap_or_default());
+    if verdict == Verdict::Fail {
         dump_logs();
     }
     // KERN_WARNING and worse: the console only showed errors as they happened (quiet).
@@ -240,11 +201,7 @@ fn finish(checks: &[Check]) {
     for c in checks {
         emit(&Line::Check(c.clone()));
     }
-    emit(&Line::Verdict(if pass {
-        Verdict::Pass
-    } else {
-        Verdict::Fail
-    }));
+    emit(&Line::Verdict(verdict));
 }
 
 /// On failure, the children's logs help more than anything else.
@@ -254,7 +211,7 @@ fn dump_logs() {
     };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".log") {
+        if Path::new(&name).extension().is_none_or(|x| x != "log") {
             continue;
         }
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();

@@ -1,13 +1,15 @@
 //! Workloads for the ctx test VM, each pinned to one CPU. Talks to the guest init in lines:
 //! it prints `ready` once set up, and `spin` takes commands on stdin.
 
-use std::io::{BufRead as _, Read as _, Write as _};
+use std::io::{BufRead as _, Write as _};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use ctx_vm_guest::sys::pin_self;
+use ctx_vm_guest::work::{self, Duty, Membarrier, ZeroReader};
 
 #[derive(Parser)]
 #[command(name = "ctx-vm-work", about = "Pinned workloads for the ctx test VM")]
@@ -18,17 +20,18 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Spin in user space on --cpu (a PAUSE loop), never entering the kernel. With --ipi-cpu, a second thread
-    /// of the same process, pinned there, registers for MEMBARRIER_CMD_PRIVATE_EXPEDITED and,
-    /// on `ipi N` from stdin, makes N such calls: each IPIs the CPUs that run this process's
-    /// other threads, that is the spinner's CPU. It answers `done N MICROSECONDS`.
+    /// Spin in user space on --cpu (a PAUSE loop), never entering the kernel. With --ipi-cpu, a
+    /// second thread of the same process, pinned there, registers for
+    /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED` and, on `ipi N` from stdin, makes N such calls: each
+    /// IPIs the CPUs that run this process's other threads, that is the spinner's CPU. It
+    /// answers `done N MICROSECONDS`.
     Spin {
         #[arg(long)]
         cpu: usize,
         #[arg(long)]
         ipi_cpu: Option<usize>,
     },
-    /// read() from /dev/zero into a pre-faulted buffer of --mib MiB, forever: long syscalls
+    /// `read()` from /dev/zero into a pre-faulted buffer of --mib MiB, forever: long syscalls
     /// that spend their time clearing user memory in the kernel.
     ReadZero {
         #[arg(long)]
@@ -36,34 +39,13 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         mib: usize,
     },
-    /// getppid() in a loop for --ms milliseconds, then print `done N` and exit.
+    /// `getppid()` in a loop for --ms milliseconds, then print `done N` and exit.
     Syscalls {
         #[arg(long)]
         cpu: usize,
         #[arg(long)]
         ms: u64,
     },
-}
-
-/// From include/uapi/linux/membarrier.h.
-const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
-
-fn membarrier(cmd: libc::c_long) -> std::io::Result<()> {
-    // SAFETY: membarrier(cmd, flags = 0, cpu_id = 0) takes no pointers.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_membarrier,
-            cmd,
-            0 as libc::c_long,
-            0 as libc::c_long,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 fn say(line: &str) -> anyhow::Result<()> {
@@ -73,7 +55,7 @@ fn say(line: &str) -> anyhow::Result<()> {
         .context("writing to stdout")
 }
 
-fn ipi_server(cpu: usize) -> anyhow::Result<()> {
+fn ipi_server(cpu: usize, mb: &Membarrier) -> anyhow::Result<()> {
     pin_self(cpu)?;
     for line in std::io::stdin().lock().lines() {
         let line = line.context("reading a command")?;
@@ -86,7 +68,7 @@ fn ipi_server(cpu: usize) -> anyhow::Result<()> {
             .with_context(|| format!("bad count in {line:?}"))?;
         let start = Instant::now();
         for _ in 0..n {
-            membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED).context("membarrier")?;
+            mb.ipi().context("membarrier")?;
         }
         say(&format!("done {n} {}", start.elapsed().as_micros()))?;
     }
@@ -95,14 +77,13 @@ fn ipi_server(cpu: usize) -> anyhow::Result<()> {
 
 fn spin(cpu: usize, ipi_cpu: Option<usize>) -> anyhow::Result<()> {
     if let Some(ipi_cpu) = ipi_cpu {
-        membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED)
-            .context("registering for private expedited membarrier")?;
+        let mb = Membarrier::register().context("registering for private expedited membarrier")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let r = pin_self(ipi_cpu);
             let ok = r.is_ok();
             let _ = tx.send(r);
-            if ok && let Err(e) = ipi_server(ipi_cpu) {
+            if ok && let Err(e) = ipi_server(ipi_cpu, &mb) {
                 eprintln!("ctx-vm-work: ipi thread: {e:#}");
                 std::process::exit(1);
             }
@@ -111,42 +92,23 @@ fn spin(cpu: usize, ipi_cpu: Option<usize>) -> anyhow::Result<()> {
     }
     pin_self(cpu)?;
     say("ready")?;
-    // A spin-wait loop as user code writes one: PAUSE in the loop body. It never enters the
-    // kernel. Under single-threaded TCG, PAUSE also hands the emulator thread to the next vCPU
-    // (target/i386 helper_pause), so CPU 0, where ctx samples, is not starved by this vCPU;
-    // without it ctxtop took 8-50 samples in 3 s instead of about 300.
-    loop {
-        std::hint::spin_loop();
-    }
+    work::spin(Duty::Always, &AtomicBool::new(false));
+    Ok(())
 }
 
 fn read_zero(cpu: usize, mib: usize) -> anyhow::Result<()> {
     pin_self(cpu)?;
-    // Non-zero fill touches every page now, so the reads below never fault.
-    let mut buf = vec![1u8; mib << 20];
-    let mut zero = std::fs::File::open("/dev/zero").context("opening /dev/zero")?;
+    let reader = ZeroReader::new(mib << 20).context("opening /dev/zero")?;
     say("ready")?;
-    loop {
-        let n = zero.read(&mut buf).context("reading /dev/zero")?;
-        if n == 0 {
-            bail!("/dev/zero returned end of file");
-        }
-    }
+    reader
+        .run(Duty::Always, &AtomicBool::new(false))
+        .context("reading /dev/zero")
 }
 
 fn syscalls(cpu: usize, ms: u64) -> anyhow::Result<()> {
     pin_self(cpu)?;
     say("ready")?;
-    let start = Instant::now();
-    let mut n = 0u64;
-    let limit = Duration::from_millis(ms);
-    // Reading the clock is a syscall of its own where the vDSO cannot read the clocksource
-    // (HPET on 6.1 under TCG): look at it once every 256 calls.
-    while !n.is_multiple_of(256) || start.elapsed() < limit {
-        // SAFETY: no preconditions.
-        std::hint::black_box(unsafe { libc::getppid() });
-        n += 1;
-    }
+    let n = work::getppid_for(Duration::from_millis(ms));
     say(&format!("done {n}"))
 }
 

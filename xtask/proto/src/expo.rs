@@ -1,7 +1,8 @@
-//! Just enough of the Prometheus text exposition format to compare two scrapes of ctx: samples
-//! with their labels and values, and each family's `# TYPE`.
+//! Just enough of the Prometheus text exposition format to read ctx's `/metrics` and compare two
+//! scrapes: samples with their labels and values, and each family's `# TYPE`.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 /// A series: metric name and its labels, sorted by label name.
 pub type Series = (String, Labels);
@@ -130,28 +131,32 @@ impl Scrape {
             .map(|(s, v)| (s, *v))
     }
 
+    /// Every series of `name` that has all of `labels`.
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = (&'a Series, f64)> + 'a {
+        self.metric(name)
+            .filter(move |(s, _)| labels.iter().all(|(k, v)| label(s, k) == Some(*v)))
+    }
+
     /// The value of one series, given some of its labels; `None` unless exactly one matches.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let mut found = self.metric(name).filter(|(s, _)| {
-            labels
-                .iter()
-                .all(|(k, v)| s.1.iter().any(|(k2, v2)| k2 == k && v2 == v))
-        });
+        let mut found = self.matching(name, labels);
         let first = found.next()?;
         found.next().is_none().then_some(first.1)
     }
 
     /// Sum over every series of `name` that has all of `labels`.
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.metric(name)
-            .filter(|(s, _)| {
-                labels
-                    .iter()
-                    .all(|(k, v)| s.1.iter().any(|(k2, v2)| k2 == k && v2 == v))
-            })
-            .map(|(_, v)| v)
-            .sum()
+        self.matching(name, labels).map(|(_, v)| v).sum()
     }
+}
+
+/// The value of label `name` of a series.
+pub fn label<'a>(s: &'a Series, name: &str) -> Option<&'a str> {
+    s.1.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 pub fn render(s: &Series) -> String {
@@ -176,6 +181,24 @@ pub struct Monotonic {
 }
 
 impl Monotonic {
+    /// What was compared and the first few of what went wrong, in one line.
+    pub fn describe(&self) -> String {
+        let mut d = format!("{} samples compared", self.compared);
+        for (s, a, b) in self.decreased.iter().take(4) {
+            let _ = write!(d, "; {s} went {a} -> {b}");
+        }
+        if !self.decreased.is_empty() {
+            let _ = write!(d, "; {} decreased in all", self.decreased.len());
+        }
+        for s in self.missing.iter().take(4) {
+            let _ = write!(d, "; {s} vanished");
+        }
+        for s in self.untyped_totals.iter().take(4) {
+            let _ = write!(d, "; {s} is not typed counter");
+        }
+        d
+    }
+
     pub fn ok(&self) -> bool {
         self.compared > 0
             && self.decreased.is_empty()
@@ -237,7 +260,7 @@ ctx_hook_info{group="nmi",tracepoint="nmi_handler",status="attached",note="a \"b
             None,
             "two match"
         );
-        assert_eq!(s.sum("ctx_cpu_seconds_total", &[("cpu", "1")]), 12.5);
+        assert!((s.sum("ctx_cpu_seconds_total", &[("cpu", "1")]) - 12.5).abs() < 1e-9);
         assert_eq!(
             s.get("ctx_sample_duration_seconds_bucket", &[("le", "+Inf")]),
             Some(7.0)
@@ -251,16 +274,16 @@ ctx_hook_info{group="nmi",tracepoint="nmi_handler",status="attached",note="a \"b
 
     #[test]
     fn monotonic_catches_decrease_and_loss() {
-        let a = Scrape::parse(A).unwrap();
-        let same = monotonic(&a, &a);
+        let base = Scrape::parse(A).unwrap();
+        let same = monotonic(&base, &base);
         assert!(same.ok());
         assert_eq!(same.compared, 6);
-        let b = Scrape::parse(
+        let later = Scrape::parse(
             &A.replace("\"user\"} 10.5", "\"user\"} 1")
                 .replace("ctx_sample_duration_seconds_count 7\n", ""),
         )
         .unwrap();
-        let m = monotonic(&a, &b);
+        let m = monotonic(&base, &later);
         assert!(!m.ok());
         assert_eq!(m.decreased.len(), 1);
         assert_eq!(
@@ -268,9 +291,12 @@ ctx_hook_info{group="nmi",tracepoint="nmi_handler",status="attached",note="a \"b
             vec!["ctx_sample_duration_seconds_count".to_owned()]
         );
         // A gauge may go down.
-        let c = Scrape::parse(&A.replace("1.7e9", "1")).unwrap();
-        assert!(monotonic(&a, &c).ok());
-        let d = Scrape::parse("# TYPE x_total gauge\nx_total 1\n").unwrap();
-        assert_eq!(monotonic(&d, &d).untyped_totals, vec!["x_total".to_owned()]);
+        let gauge_down = Scrape::parse(&A.replace("1.7e9", "1")).unwrap();
+        assert!(monotonic(&base, &gauge_down).ok());
+        let untyped = Scrape::parse("# TYPE x_total gauge\nx_total 1\n").unwrap();
+        assert_eq!(
+            monotonic(&untyped, &untyped).untyped_totals,
+            vec!["x_total".to_owned()]
+        );
     }
 }

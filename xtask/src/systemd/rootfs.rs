@@ -3,7 +3,7 @@
 //! that systemd then runs from as PID 1 (`/init` is systemd).
 //!
 //! Why an initramfs and not a disk image: the Debian cloud kernels build virtio-blk (and on 6.1
-//! virtio-pci) as modules, so a disk root needs a module-loading initramfs and a switch_root
+//! virtio-pci) as modules, so a disk root needs a module-loading initramfs and a `switch_root`
 //! in front of systemd. Measured on 6.1 under TCG, both reach `systemctl is-system-running`
 //! = running in about 14 s (ext4 made by `mke2fs -d` on virtio-blk behind a busybox
 //! initramfs: 14.4 s; this archive as the initramfs: 14.0-14.8 s). The initramfs has fewer
@@ -16,12 +16,16 @@
 //! `target/vm/` by a key over everything that goes into it.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+
+use super::put;
+use crate::cmd::is_root;
+use crate::vm::kernel::{MIRROR_ENV, mirror};
+use crate::vm::{cpio, fnv1a};
 
 pub const SUITE: &str = "bookworm";
 pub const VARIANT: &str = "minbase";
@@ -30,9 +34,6 @@ pub const VARIANT: &str = "minbase";
 pub const PACKAGES: [&str; 5] = ["systemd", "systemd-sysv", "dbus", "udev", "kmod"];
 /// Bump when `finish()` changes: it is part of the cache key.
 const RECIPE: u32 = 1;
-const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
-/// Overrides the Debian mirror (same variable as the VM harness's kernel download).
-pub const MIRROR_ENV: &str = "CTX_VM_DEBIAN_MIRROR";
 
 /// Removed after debootstrap: documentation, translations, apt's lists and downloads, iconv
 /// modules, and udev's hardware database (whose rebuild would cost seconds at every boot).
@@ -75,13 +76,6 @@ pub struct Rootfs {
     pub built_in: Option<Duration>,
     /// `dpkg-query` of the image: one "package version" per line.
     pub packages: PathBuf,
-}
-
-/// FNV-1a: a stable key for the cache file name (not a security boundary).
-pub fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 pub fn key() -> String {
@@ -155,15 +149,6 @@ fn clear_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
-    if let Some(d) = path.parent() {
-        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
-    fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))
-}
-
 /// Makes a debootstrapped tree a bootable, quiet test system.
 fn finish(root: &Path) -> anyhow::Result<()> {
     for s in STRIP {
@@ -173,10 +158,10 @@ fn finish(root: &Path) -> anyhow::Result<()> {
     let _ = fs::remove_file(root.join("etc/udev/hwdb.bin"));
     std::os::unix::fs::symlink("usr/lib/systemd/systemd", root.join("init"))
         .context("linking /init to systemd")?;
-    write(&root.join("etc/hostname"), "ctx-vm\n", 0o644)?;
-    write(
+    put(&root.join("etc/hostname"), b"ctx-vm\n", 0o644)?;
+    put(
         &root.join("etc/systemd/network/10-ctx-vm.network"),
-        NETWORK,
+        NETWORK.as_bytes(),
         0o644,
     )?;
     // The image's own systemctl, offline in a chroot: no host systemd needed.
@@ -192,34 +177,36 @@ fn finish(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `find . | sort | cpio -o -H newc` of `dir` into `out`: the kernel's initramfs format.
-pub fn pack(dir: &Path, out: &Path) -> anyhow::Result<()> {
-    let file = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let status = Command::new("bash")
-        .args([
-            "-c",
-            "set -eo pipefail; cd \"$1\" && find . -mindepth 1 -print0 | LC_ALL=C sort -z | \
-             cpio --null -o -H newc --reproducible --quiet",
-            "pack",
-        ])
-        .arg(dir)
-        .stdout(file)
+/// `debootstrap` of the image's suite, variant and packages into `tree`, with its downloads
+/// cached in `debs` and its output in `log`.
+fn debootstrap(tree: &Path, debs: &Path, mirror: &str, log: &Path) -> anyhow::Result<()> {
+    let logf = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let status = Command::new("debootstrap")
+        .arg(format!("--variant={VARIANT}"))
+        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg(format!("--cache-dir={}", debs.display()))
+        .args([SUITE])
+        .arg(tree)
+        .arg(mirror)
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
         .status()
-        .context("running find | cpio (install cpio)")?;
+        .context("running debootstrap")?;
     if !status.success() {
-        bail!("packing {} with cpio failed ({status})", dir.display());
+        let text = fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        bail!(
+            "debootstrap failed ({status}); the end of its log:\n{}\n(network, or set \
+             {MIRROR_ENV} to a reachable Debian mirror)",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     Ok(())
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// The cached rootfs archive, built first when the cache has none for the current key.
 /// `cache` is the VM cache directory (`target/vm`).
-pub fn build_rootfs(cache: &Path) -> anyhow::Result<Rootfs> {
+pub fn build(cache: &Path) -> anyhow::Result<Rootfs> {
     let name = format!("rootfs-{SUITE}-{}", key());
     let cpio = cache.join(format!("{name}.cpio"));
     let packages = cache.join(format!("{name}.packages"));
@@ -256,34 +243,14 @@ pub fn build_rootfs(cache: &Path) -> anyhow::Result<Rootfs> {
     remove_tree(&build)?;
     let tree = build.join("root");
     fs::create_dir_all(&tree).with_context(|| format!("creating {}", tree.display()))?;
-    let mirror = std::env::var(MIRROR_ENV).unwrap_or_else(|_| DEFAULT_MIRROR.to_owned());
+    let mirror = mirror();
     eprintln!(
         "rootfs: debootstrap --variant={VARIANT} --include={} {SUITE} ({mirror})",
         PACKAGES.join(",")
     );
     let log = build.join("debootstrap.log");
     let r = (|| {
-        let logf = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let status = Command::new("debootstrap")
-            .arg(format!("--variant={VARIANT}"))
-            .arg(format!("--include={}", PACKAGES.join(",")))
-            .arg(format!("--cache-dir={}", debs.display()))
-            .args([SUITE])
-            .arg(&tree)
-            .arg(&mirror)
-            .stdout(logf.try_clone()?)
-            .stderr(logf)
-            .status()
-            .context("running debootstrap")?;
-        if !status.success() {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            bail!(
-                "debootstrap failed ({status}); the end of its log:\n{}\n(network, or set \
-                 {MIRROR_ENV} to a reachable Debian mirror)",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
+        debootstrap(&tree, &debs, &mirror, &log)?;
         // debootstrap is done with its mounts; nothing may stay mounted in what gets packed.
         if let Some(m) = mounts_below(&tree).first() {
             bail!("{} is still mounted after debootstrap", m.display());
@@ -298,7 +265,7 @@ pub fn build_rootfs(cache: &Path) -> anyhow::Result<Rootfs> {
             .context("running dpkg-query on the rootfs")?;
         finish(&tree)?;
         let part = cpio.with_extension("cpio.part");
-        pack(&tree, &part)?;
+        cpio::pack(&tree, &part)?;
         fs::write(&packages, &list.stdout)
             .with_context(|| format!("writing {}", packages.display()))?;
         fs::rename(&part, &cpio).with_context(|| format!("renaming to {}", cpio.display()))?;
@@ -319,7 +286,7 @@ pub fn build_rootfs(cache: &Path) -> anyhow::Result<Rootfs> {
     eprintln!(
         "rootfs: {} ({:.0} MiB, {} packages) built in {:.0} s",
         cpio.display(),
-        bytes as f64 / (1 << 20) as f64,
+        bytes as f64 / f64::from(1 << 20),
         fs::read_to_string(&packages)?.lines().count(),
         took.as_secs_f64()
     );
@@ -333,8 +300,8 @@ pub fn build_rootfs(cache: &Path) -> anyhow::Result<Rootfs> {
 
 /// `cargo xtask rootfs`: builds the rootfs into the cache, or finds it there.
 pub fn print() -> anyhow::Result<()> {
-    let cache = crate::vm::cache_dir(&crate::install::workspace_root())?;
-    let r = build_rootfs(&cache)?;
+    let cache = crate::vm::cache_dir(&crate::cmd::root())?;
+    let r = build(&cache)?;
     println!(
         "{} ({:.1} MiB, {} packages{})",
         r.cpio.display(),
@@ -354,9 +321,6 @@ mod tests {
 
     #[test]
     fn key_is_stable_and_covers_the_recipe() {
-        // FNV-1a's published test vectors.
-        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(key(), key());
         assert_eq!(key().len(), 16);
     }

@@ -1,22 +1,19 @@
-//! The guest's root file system: a newc cpio archive (Documentation/driver-api/
-//! early-userspace/buffer-format.rst) with busybox, the static ctx binaries and the guest init.
-//! Written directly, so no staging tree, mknod or root privileges are needed, and the archive is
-//! reproducible (every mtime is 0).
+//! Initramfs archives: newc cpio (Documentation/driver-api/early-userspace/buffer-format.rst).
+//! [`Newc`] writes one directly, so no staging tree, mknod or root privileges are needed, and
+//! the archive is reproducible (every mtime is 0); [`pack`] archives a staged tree; [`concat`]
+//! puts several into one initramfs.
 
-use std::collections::BTreeSet;
 use std::fs;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use super::artifacts::Binaries;
-
-const S_IFDIR: u32 = 0o040000;
-const S_IFREG: u32 = 0o100000;
-const S_IFLNK: u32 = 0o120000;
-const S_IFCHR: u32 = 0o020000;
+const S_IFDIR: u32 = 0o040_000;
+const S_IFREG: u32 = 0o100_000;
+const S_IFLNK: u32 = 0o120_000;
+const S_IFCHR: u32 = 0o020_000;
 
 /// A newc ("070701") archive writer.
 pub struct Newc<W: Write> {
@@ -84,7 +81,7 @@ impl<W: Write> Newc<W> {
     }
 }
 
-/// Whether an ELF executable runs without a dynamic loader (no PT_INTERP program header).
+/// Whether an ELF executable runs without a dynamic loader (no `PT_INTERP` program header).
 pub fn is_static_elf(bytes: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
     let u16_at = |o: usize| {
@@ -113,12 +110,16 @@ pub fn is_static_elf(bytes: &[u8]) -> bool {
         return false;
     };
     (0..usize::from(phnum)).all(|i| {
-        let at = phoff as usize + i * usize::from(phentsize);
-        u32_at(at).is_some_and(|t| t != PT_INTERP)
+        usize::try_from(phoff)
+            .ok()
+            .and_then(|o| u32_at(o + i * usize::from(phentsize)))
+            .is_some_and(|t| t != PT_INTERP)
     })
 }
 
-fn read_static(path: &Path, hint: &str) -> anyhow::Result<Vec<u8>> {
+/// Reads an executable that goes into an initramfs without a libc; `hint` says how to get a
+/// static one.
+pub fn read_static(path: &Path, hint: &str) -> anyhow::Result<Vec<u8>> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if !is_static_elf(&bytes) {
         bail!(
@@ -129,71 +130,39 @@ fn read_static(path: &Path, hint: &str) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The busybox applets, as paths relative to the root (`bin/sh`, `usr/bin/awk`, ...).
-fn applets(busybox: &Path) -> anyhow::Result<Vec<String>> {
-    let out = Command::new(busybox)
-        .arg("--list-full")
-        .output()
-        .with_context(|| format!("running {} --list-full", busybox.display()))?;
-    if !out.status.success() {
-        bail!("{} --list-full failed ({})", busybox.display(), out.status);
+/// `find . | sort | cpio -o -H newc` of `dir` into `out`: a tree that holds what the writer
+/// above cannot make (device nodes, hard links, owners) as the kernel unpacks it.
+pub fn pack(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let file = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let status = Command::new("bash")
+        .args([
+            "-c",
+            "set -eo pipefail; cd \"$1\" && find . -mindepth 1 -print0 | LC_ALL=C sort -z | \
+             cpio --null -o -H newc --reproducible --quiet",
+            "pack",
+        ])
+        .arg(dir)
+        .stdout(file)
+        .status()
+        .context("running find | cpio (install cpio)")?;
+    if !status.success() {
+        bail!("packing {} with cpio failed ({status})", dir.display());
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.contains('/') && !l.starts_with('/'))
-        .map(str::to_owned)
-        .collect())
+    Ok(())
 }
 
-/// Writes the guest's initramfs to `path`.
-pub fn write(path: &Path, bins: &Binaries, busybox: &Path) -> anyhow::Result<()> {
-    let busybox_bytes = read_static(busybox, "install busybox-static (not busybox)")?;
-    let hint = "build for x86_64-unknown-linux-musl";
-    let files = [
-        ("init", read_static(&bins.init, hint)?),
-        ("usr/bin/ctx-daemon", read_static(&bins.ctx_daemon, hint)?),
-        ("usr/bin/ctxtop", read_static(&bins.ctxtop, hint)?),
-        ("usr/bin/ctx-vm-work", read_static(&bins.work, hint)?),
-        ("bin/busybox", busybox_bytes),
-    ];
-    let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut a = Newc::new(BufWriter::new(file));
-    let mut dirs = BTreeSet::new();
-    let mut names = BTreeSet::new();
-    let mut mkdirs = |a: &mut Newc<_>, p: &str| -> io::Result<()> {
-        let mut acc = String::new();
-        for part in p.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
-            if !acc.is_empty() {
-                acc.push('/');
-            }
-            acc.push_str(part);
-            if dirs.insert(acc.clone()) {
-                a.dir(&acc)?;
-            }
-        }
-        Ok(())
-    };
-    let io = |e: io::Error| anyhow::Error::new(e).context(format!("writing {}", path.display()));
-    for d in [
-        "dev", "proc", "sys", "run", "tmp", "root", "etc", "sbin", "usr/sbin",
-    ] {
-        mkdirs(&mut a, &format!("{d}/x")).map_err(io)?;
+/// Concatenates newc archives into one initramfs, each starting on a 4-byte boundary; the
+/// kernel unpacks them in turn, later files over earlier ones.
+pub fn concat(parts: &[&Path], out: &Path) -> anyhow::Result<()> {
+    let mut f = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut len = 0usize;
+    for p in parts {
+        let pad = (4 - len % 4) % 4;
+        f.write_all(&[0u8; 3][..pad])?;
+        let mut src = fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        let n = io::copy(&mut src, &mut f).with_context(|| format!("copying {}", p.display()))?;
+        len += pad + usize::try_from(n).context("an archive beyond the address space")?;
     }
-    // The kernel opens /dev/console for init before anything is mounted.
-    a.char_dev("dev/console", 0o600, 5, 1).map_err(io)?;
-    for (name, bytes) in &files {
-        mkdirs(&mut a, name).map_err(io)?;
-        a.file(name, 0o755, bytes).map_err(io)?;
-        names.insert((*name).to_owned());
-    }
-    for app in applets(busybox)? {
-        if names.insert(app.clone()) {
-            mkdirs(&mut a, &app).map_err(io)?;
-            a.symlink(&app, "/bin/busybox").map_err(io)?;
-        }
-    }
-    a.finish().map_err(io)?;
     Ok(())
 }
 
@@ -261,5 +230,20 @@ mod tests {
         elf[0x78] = 3; // PT_INTERP
         assert!(!is_static_elf(&elf));
         assert!(!is_static_elf(b"#!/bin/sh\n"));
+    }
+
+    #[test]
+    fn concat_aligns_parts() {
+        let d = std::env::temp_dir().join(format!("xtask-initrd-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        let (a, b, out) = (d.join("a"), d.join("b"), d.join("out"));
+        fs::write(&a, b"12345").unwrap();
+        fs::write(&b, b"xy").unwrap();
+        concat(&[&a, &b, &a], &out).unwrap();
+        assert_eq!(
+            fs::read(&out).unwrap(),
+            [&b"12345\0\0\0xy\0\0"[..], b"12345"].concat()
+        );
+        fs::remove_dir_all(&d).unwrap();
     }
 }

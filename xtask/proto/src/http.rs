@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.0 GET: what the guest needs to scrape ctx and what the host needs to ask
 //! Prometheus, without an HTTP stack in the static guest binary.
 
+use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs as _};
 use std::time::Duration;
@@ -90,7 +91,7 @@ pub fn encode(s: &str) -> String {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out

@@ -10,12 +10,44 @@ use std::time::{Duration, Instant};
 use std::{fmt, fs};
 
 use anyhow::{Context as _, bail};
-use ctx_sysvm_guest::expo::Scrape;
-use ctx_sysvm_guest::http;
+use ctx_vm_proto::expo::Scrape;
+use ctx_vm_proto::http;
 
-use super::Forward;
+use crate::vm::report::HostRow;
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Host loopback ports forwarded into the guest.
+#[derive(Clone, Copy, Debug)]
+pub struct Forward {
+    /// To ctx's /metrics and /healthz (guest port 10977).
+    pub metrics: u16,
+    /// To the guest's poke listener (guest port 10978).
+    pub poke: u16,
+}
+
+impl Forward {
+    /// Two free loopback ports (free when asked; qemu binds them a moment later).
+    pub fn free() -> anyhow::Result<Self> {
+        let port = || -> anyhow::Result<(std::net::TcpListener, u16)> {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+            let p = l.local_addr()?.port();
+            Ok((l, p))
+        };
+        let (a, metrics) = port()?;
+        let (b, poke) = port()?;
+        drop((a, b));
+        Ok(Self { metrics, poke })
+    }
+
+    pub fn metrics_addr(self) -> String {
+        format!("127.0.0.1:{}", self.metrics)
+    }
+
+    pub fn poke_addr(self) -> String {
+        format!("127.0.0.1:{}", self.poke)
+    }
+}
 
 /// Asks the guest to close its live window.
 pub fn poke(fwd: Forward) -> anyhow::Result<()> {
@@ -90,6 +122,62 @@ pub struct LiveReport {
 }
 
 impl LiveReport {
+    /// The report's rows for the boot's table.
+    pub fn rows(&self) -> Vec<HostRow> {
+        let empty_records = self.records.iter().filter(|(_, n)| *n == 0).count();
+        let series: Vec<usize> = self.records.iter().map(|(_, n)| *n).collect();
+        let bad_queries = self
+            .queries
+            .iter()
+            .filter(|q| q.error.is_some() || q.series == 0)
+            .count();
+        vec![
+            (
+                "Prometheus scrapes".into(),
+                format!(
+                    "{:.0} of {:.0} ok, scrape time mean {:.3} s, max {:.3} s",
+                    self.scrapes_ok, self.scrapes, self.scrape_avg, self.scrape_max
+                ),
+                String::new(),
+                true,
+            ),
+            (
+                "rules healthy".into(),
+                format!("{} rules, {} unhealthy", self.rules, self.unhealthy.len()),
+                "none unhealthy".into(),
+                self.unhealthy.is_empty(),
+            ),
+            (
+                "recording rules return series".into(),
+                format!(
+                    "{} of {} (series per rule {}..{})",
+                    self.records.len() - empty_records,
+                    self.records.len(),
+                    series.iter().min().copied().unwrap_or(0),
+                    series.iter().max().copied().unwrap_or(0)
+                ),
+                "all".into(),
+                empty_records == 0,
+            ),
+            (
+                "dashboard queries return series".into(),
+                format!(
+                    "{} of {}",
+                    self.queries.len() - bad_queries,
+                    self.queries.len()
+                ),
+                "all".into(),
+                bad_queries == 0,
+            ),
+            (
+                "dashboard_check.py --prometheus".into(),
+                if self.checker_ok { "passed" } else { "failed" }.into(),
+                "passes".into(),
+                self.checker_ok,
+            ),
+        ]
+    }
+
     pub fn failures(&self) -> Vec<String> {
         let mut f: Vec<String> = self.unhealthy.clone();
         for (r, n) in &self.records {
@@ -114,19 +202,10 @@ impl LiveReport {
     }
 }
 
+/// What the table's host rows sum up, item by item.
 impl fmt::Display for LiveReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "live: Prometheus scraped the VM's ctx {:.0} times, {:.0} successfully (scrape time \
-             mean {:.3} s, max {:.3} s); {} rules, {} unhealthy",
-            self.scrapes,
-            self.scrapes_ok,
-            self.scrape_avg,
-            self.scrape_max,
-            self.rules,
-            self.unhealthy.len()
-        )?;
+        writeln!(f, "live: Prometheus on the host, every rule and query")?;
         for (r, n) in &self.records {
             writeln!(f, "  record {r}: {n} series")?;
         }
@@ -170,7 +249,7 @@ fn short(x: f64) -> String {
 }
 
 /// "panel 'TITLE' REFID" for every target with an expression, in the order
-/// dashboard_check.py lists them (panels depth-first, collapsed rows' panels after the row).
+/// `dashboard_check.py` lists them (panels depth-first, collapsed rows' panels after the row).
 fn targets(dashboard: &Path) -> Vec<String> {
     fn walk(panels: &[serde_json::Value], out: &mut Vec<String>) {
         for p in panels {
@@ -264,26 +343,12 @@ fn wait(
 /// Runs Prometheus against ctx at `fwd.metrics` for `settle` (1 s scrapes), then checks the
 /// rules and the dashboard. `work` receives the config, data and log; `root` is the workspace.
 /// Gives up early once `gone` is set (qemu exited).
-pub fn check(
-    root: &Path,
-    work: &Path,
-    fwd: Forward,
-    settle: Duration,
-    gone: &AtomicBool,
-) -> anyhow::Result<LiveReport> {
-    let t0 = Instant::now();
-    let rules = root.join("deploy/prometheus/ctx.rules.yml");
-    let dashboard = root.join("deploy/grafana/ctx-dashboard.json");
-    let checker = root.join("deploy/test/dashboard_check.py");
-    for p in [&rules, &dashboard, &checker] {
-        if !p.exists() {
-            bail!("{} is missing from the workspace", p.display());
-        }
-    }
-    let dir = work.join("prometheus");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let target = fwd.metrics_addr();
+/// Starts Prometheus on a free loopback port with its config and data in `dir`, scraping
+/// `target` every second and evaluating `rules`; returns it (killed when dropped) and its
+/// address.
+fn start_prometheus(dir: &Path, rules: &Path, target: &str) -> anyhow::Result<(Reaped, String)> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::write(
         dir.join("prometheus.yml"),
         format!(
@@ -315,7 +380,129 @@ pub fn check(
         .stderr(log)
         .spawn()
         .context("starting prometheus (apt-get install prometheus, or run .ci/setup)")?;
-    let _reaped = Reaped(child);
+    Ok((Reaped(child), prom))
+}
+
+/// Every rule's health, every recording rule's series, and the alerts pending or firing.
+fn rules_into(prom: &str, rep: &mut LiveReport) -> anyhow::Result<()> {
+    for g in api(prom, "/api/v1/rules")?["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        for r in g["rules"].as_array().cloned().unwrap_or_default() {
+            rep.rules += 1;
+            let name = r["name"].as_str().unwrap_or("?").to_owned();
+            if r["health"] != "ok" {
+                rep.unhealthy.push(format!(
+                    "rule {name}: health {} ({})",
+                    r["health"], r["lastError"]
+                ));
+            }
+            if r["type"] == "recording" {
+                let n = query(prom, &name)?.len();
+                rep.records.push((name, n));
+            } else {
+                for a in r["alerts"].as_array().cloned().unwrap_or_default() {
+                    rep.alerts.push(format!(
+                        "{name} {} cpu={}",
+                        a["state"].as_str().unwrap_or("?"),
+                        a["labels"]["cpu"].as_str().unwrap_or("-")
+                    ));
+                }
+            }
+        }
+    }
+
+    Ok(())
+}
+
+/// Every dashboard query, as `dashboard_check.py` lists them for `target`, and the checker's
+/// own run against Prometheus.
+fn dashboard_into(
+    prom: &str,
+    checker: &Path,
+    dashboard: &Path,
+    target: &str,
+    rep: &mut LiveReport,
+) -> anyhow::Result<()> {
+    let instance = format!("instance={target}");
+    let list = Command::new("python3")
+        .arg(checker)
+        .arg(dashboard)
+        .args(["--list", "--var", &instance])
+        .output()
+        .context("running python3 deploy/test/dashboard_check.py --list")?;
+    if !list.status.success() {
+        bail!(
+            "dashboard_check.py --list failed: {}",
+            String::from_utf8_lossy(&list.stderr)
+        );
+    }
+    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
+    let exprs: Vec<&str> = listed
+        .lines()
+        .filter(|l| !l.starts_with("dashboard ") && !l.trim().is_empty())
+        .collect();
+    let mut panels = targets(dashboard);
+    if panels.len() != exprs.len() {
+        panels = vec![String::new(); exprs.len()];
+    }
+    for (expr, panel) in exprs.into_iter().zip(panels) {
+        let mut q = Query {
+            panel,
+            expr: expr.to_owned(),
+            min: f64::NAN,
+            max: f64::NAN,
+            ..Default::default()
+        };
+        match query(prom, expr) {
+            Ok(r) => {
+                q.series = r.len();
+                let v: Vec<f64> = r.iter().map(value).filter(|v| !v.is_nan()).collect();
+                q.min = v.iter().copied().fold(f64::NAN, f64::min);
+                q.max = v.iter().copied().fold(f64::NAN, f64::max);
+            }
+            Err(e) => q.error = Some(format!("{e:#}")),
+        }
+        rep.queries.push(q);
+    }
+    let out = Command::new("python3")
+        .arg(checker)
+        .arg(dashboard)
+        .arg("--prometheus")
+        .arg(format!("http://{prom}"))
+        .args(["--var", &instance])
+        .output()
+        .context("running python3 deploy/test/dashboard_check.py --prometheus")?;
+    rep.checker_ok = out.status.success();
+    rep.checker_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+pub fn check(
+    root: &Path,
+    work: &Path,
+    fwd: Forward,
+    settle: Duration,
+    gone: &AtomicBool,
+) -> anyhow::Result<LiveReport> {
+    let t0 = Instant::now();
+    let rules = root.join("deploy/prometheus/ctx.rules.yml");
+    let dashboard = root.join("deploy/grafana/ctx-dashboard.json");
+    let checker = root.join("deploy/test/dashboard_check.py");
+    for p in [&rules, &dashboard, &checker] {
+        if !p.exists() {
+            bail!("{} is missing from the workspace", p.display());
+        }
+    }
+    let dir = work.join("prometheus");
+    let target = fwd.metrics_addr();
+    let (_reaped, prom) = start_prometheus(&dir, &rules, &target)?;
     wait(
         "Prometheus to be ready",
         Duration::from_secs(60),
@@ -344,90 +531,8 @@ pub fn check(
         scrape_avg: one("avg_over_time(scrape_duration_seconds{job=\"ctx\"}[10m])")?,
         ..Default::default()
     };
-    for g in api(&prom, "/api/v1/rules")?["groups"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        for r in g["rules"].as_array().cloned().unwrap_or_default() {
-            rep.rules += 1;
-            let name = r["name"].as_str().unwrap_or("?").to_owned();
-            if r["health"] != "ok" {
-                rep.unhealthy.push(format!(
-                    "rule {name}: health {} ({})",
-                    r["health"], r["lastError"]
-                ));
-            }
-            if r["type"] == "recording" {
-                let n = query(&prom, &name)?.len();
-                rep.records.push((name, n));
-            } else {
-                for a in r["alerts"].as_array().cloned().unwrap_or_default() {
-                    rep.alerts.push(format!(
-                        "{name} {} cpu={}",
-                        a["state"].as_str().unwrap_or("?"),
-                        a["labels"]["cpu"].as_str().unwrap_or("-")
-                    ));
-                }
-            }
-        }
-    }
-
-    let instance = format!("instance={target}");
-    let list = Command::new("python3")
-        .arg(&checker)
-        .arg(&dashboard)
-        .args(["--list", "--var", &instance])
-        .output()
-        .context("running python3 deploy/test/dashboard_check.py --list")?;
-    if !list.status.success() {
-        bail!(
-            "dashboard_check.py --list failed: {}",
-            String::from_utf8_lossy(&list.stderr)
-        );
-    }
-    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
-    let exprs: Vec<&str> = listed
-        .lines()
-        .filter(|l| !l.starts_with("dashboard ") && !l.trim().is_empty())
-        .collect();
-    let mut panels = targets(&dashboard);
-    if panels.len() != exprs.len() {
-        panels = vec![String::new(); exprs.len()];
-    }
-    for (expr, panel) in exprs.into_iter().zip(panels) {
-        let mut q = Query {
-            panel,
-            expr: expr.to_owned(),
-            min: f64::NAN,
-            max: f64::NAN,
-            ..Default::default()
-        };
-        match query(&prom, expr) {
-            Ok(r) => {
-                q.series = r.len();
-                let v: Vec<f64> = r.iter().map(value).filter(|v| !v.is_nan()).collect();
-                q.min = v.iter().copied().fold(f64::NAN, f64::min);
-                q.max = v.iter().copied().fold(f64::NAN, f64::max);
-            }
-            Err(e) => q.error = Some(format!("{e:#}")),
-        }
-        rep.queries.push(q);
-    }
-    let out = Command::new("python3")
-        .arg(&checker)
-        .arg(&dashboard)
-        .arg("--prometheus")
-        .arg(format!("http://{prom}"))
-        .args(["--var", &instance])
-        .output()
-        .context("running python3 deploy/test/dashboard_check.py --prometheus")?;
-    rep.checker_ok = out.status.success();
-    rep.checker_out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rules_into(&prom, &mut rep)?;
+    dashboard_into(&prom, &checker, &dashboard, &target, &mut rep)?;
     rep.took = t0.elapsed();
     Ok(rep)
 }
@@ -436,10 +541,10 @@ pub fn check(
 mod tests {
     use super::*;
 
-    /// The panel labels line up with dashboard_check.py's list of expressions.
+    /// The panel labels line up with `dashboard_check.py`'s list of expressions.
     #[test]
     fn targets_match_the_checkers_list() {
-        let root = crate::install::workspace_root();
+        let root = crate::cmd::root();
         let dashboard = root.join("deploy/grafana/ctx-dashboard.json");
         let out = Command::new("python3")
             .arg(root.join("deploy/test/dashboard_check.py"))
