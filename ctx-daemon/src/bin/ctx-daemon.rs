@@ -5,15 +5,15 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use ctx::cli::parse_duration;
+use ctx::cli::parse_sample_interval;
 use ctx::daemon::config::{self, DEFAULT_CONFIG, FlagConfig, Settings};
 use ctx::daemon::ledger::LedgerMap;
-use ctx::daemon::service::{self, SamplingLoop};
+use ctx::daemon::lock;
+use ctx::daemon::service::{self, SamplingLoop, Stop};
 use ctx::host::btf::{CtLayout, KernelBtf};
 use ctx::host::cpuset::CpuSet;
 use ctx::host::kstate::KernelCtReader;
@@ -41,8 +41,8 @@ struct Args {
     /// Export only these CPUs (e.g. the `nohz_full` set, 1-15) [default: all].
     #[arg(long, value_name = "LIST")]
     cpus: Option<CpuSet>,
-    /// How often every CPU's state is sampled for verdicts [default: 10ms].
-    #[arg(long, value_parser = parse_duration)]
+    /// How often every CPU's state is sampled for verdicts, 1ms to 60s [default: 10ms].
+    #[arg(long, value_parser = parse_sample_interval)]
     sample_interval: Option<Duration>,
     /// bpffs directory for the pinned maps and links [default: /sys/fs/bpf/ctx].
     #[arg(long)]
@@ -86,6 +86,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let sys = SysRoot::default();
+    config::check_cpus(set.cpus.as_ref(), &sys.possible()?)?;
     if args.check {
         return check(&set, &sys);
     }
@@ -112,7 +113,19 @@ fn run(args: &Args) -> anyhow::Result<()> {
         )
     })?;
     listener.set_nonblocking(true)?;
+    if set.listen.ip().is_unspecified() {
+        info!(
+            listen = %set.listen,
+            "listening on every address; narrow it with --listen 127.0.0.1:{} (or `listen` in the \
+             config) when only local scrapers need it",
+            set.listen.port()
+        );
+    }
 
+    // One daemon per pin dir, taken before attaching so a second start never touches pins
+    // the first one uses.
+    pins::prepare_pin_dir(&set.pin_dir)?;
+    let _lock = lock::lock(&set.pin_dir)?;
     let mut session = attach(&set, &sys)?;
     // Opened before dropping capabilities: finding a program's maps by id needs CAP_SYS_ADMIN.
     let logger = match std::mem::replace(&mut session.probes.logs, LogSource::None) {
@@ -156,9 +169,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let first = sampler
         .step()
         .context("first sample of the per-CPU map failed")?;
-    sampler
-        .shared
-        .publish(service::initial_view(&first), first.taken_ns);
+    // Carries the counters read back from the ledger: nothing is served before they are.
+    let view = sampler.initial_view(&first);
+    sampler.shared.publish(view, first.taken_ns);
     let status = service::status_line(&first);
     serve_until_stopped(sampler, listener, set.listen, logger, &status)?;
     info!(
@@ -210,13 +223,14 @@ fn serve_until_stopped(
     status: &str,
 ) -> anyhow::Result<()> {
     let shared = Arc::clone(&sampler.shared);
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Stop::default());
     let stop_s = Arc::clone(&stop);
     let sampler_thread = std::thread::Builder::new()
         .name("ctx-sampler".into())
         .spawn(move || sampler.run(&stop_s))
         .context("starting the sampler thread")?;
 
+    let stop_h = Arc::clone(&stop);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -228,17 +242,36 @@ fn serve_until_stopped(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         info!(%listen, "serving /metrics and /healthz");
         service::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
-        axum::serve(listener, serve::router(shared))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        let stop_g = Arc::clone(&stop_h);
+        let server =
+            axum::serve(listener, serve::router(shared)).with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                // Stop the sampler now rather than after the last keep-alive client leaves.
+                stop_g.ask();
+            });
+        let mut server = std::pin::pin!(server.into_future());
+        tokio::select! {
+            r = &mut server => r,
+            () = async {
+                while !stop_h.asked() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                // Graceful shutdown waits for open connections; give them a bound.
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => Ok(()),
+        }
     });
     service::notify(&[NotifyState::Stopping]);
-    stop.store(true, Ordering::Relaxed);
+    stop.ask();
     if sampler_thread.join().is_err() {
         warn!("sampler thread panicked");
     }
     served.context("serving HTTP")
 }
+
+/// How long open connections get to finish once stop is asked: SIGTERM must stop the daemon
+/// within a second.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(300);
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
@@ -325,6 +358,9 @@ fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
     println!("listen: {}", set.listen);
     println!("pin dir: {}", set.pin_dir.display());
     println!("sample interval: {:?}", set.sample_interval);
+    // What a start would do first: a pin dir it cannot create or write fails here too.
+    pins::prepare_pin_dir(&set.pin_dir)?;
+    println!("pin dir writable: yes");
     let nohz = sys.nohz_full();
     println!(
         "nohz_full: {}",

@@ -34,7 +34,7 @@ pub(crate) fn link_path(dir: &Path, tracepoint: &str) -> PathBuf {
 /// Makes sure `dir` can hold pins: on bpffs, existing, writable. Mounts bpffs at /sys/fs/bpf
 /// when that is where the pins go and nothing is mounted there (systemd normally mounts it;
 /// minimal systems and containers may not).
-pub(crate) fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
+pub fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
     let bpffs_root = Path::new("/sys/fs/bpf");
     if dir.starts_with(bpffs_root) && !system::fs_magic_is(bpffs_root, BPF_FS_MAGIC) {
         info!("bpffs is not mounted at /sys/fs/bpf; mounting it");
