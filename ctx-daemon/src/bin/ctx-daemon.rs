@@ -56,6 +56,15 @@ struct Args {
     /// Remove the pinned programs and maps (detaching ctx from the kernel), then exit.
     #[arg(long)]
     detach: bool,
+    /// Most HTTP connections open at once; more are answered 503 and closed (keep it below
+    /// the open-file limit, 4096 in the unit).
+    #[arg(long = "web.max-connections", default_value_t = serve::Limits::default().max_connections,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..), usize::from))]
+    max_connections: usize,
+    /// Most requests served at once; more are answered 503 (the node exporter's flag).
+    #[arg(long = "web.max-requests", default_value_t = serve::Limits::default().max_requests,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..), usize::from))]
+    max_requests: usize,
     /// Check what would attach, print it, and exit without attaching or serving.
     #[arg(long)]
     check: bool,
@@ -173,7 +182,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let view = sampler.initial_view(&first);
     sampler.shared.publish(view, first.taken_ns);
     let status = service::status_line(&first);
-    serve_until_stopped(sampler, listener, set.listen, logger, &status)?;
+    let limits = serve::Limits {
+        max_connections: args.max_connections,
+        max_requests: args.max_requests,
+        ..serve::Limits::default()
+    }
+    .fit_to_fd_limit();
+    serve_until_stopped(sampler, listener, set.listen, logger, &status, limits)?;
     info!(
         "stopped; programs stay attached (pinned) for the next start; `ctx-daemon --detach` removes them"
     );
@@ -221,6 +236,7 @@ fn serve_until_stopped(
     listen: SocketAddr,
     logger: Option<Logger>,
     status: &str,
+    limits: serve::Limits,
 ) -> anyhow::Result<()> {
     let shared = Arc::clone(&sampler.shared);
     let stop = Arc::new(Stop::default());
@@ -230,7 +246,6 @@ fn serve_until_stopped(
         .spawn(move || sampler.run(&stop_s))
         .context("starting the sampler thread")?;
 
-    let stop_h = Arc::clone(&stop);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -242,25 +257,11 @@ fn serve_until_stopped(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         info!(%listen, "serving /metrics and /healthz");
         service::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
-        let stop_g = Arc::clone(&stop_h);
-        let server =
-            axum::serve(listener, serve::router(shared)).with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                // Stop the sampler now rather than after the last keep-alive client leaves.
-                stop_g.ask();
-            });
-        let mut server = std::pin::pin!(server.into_future());
-        tokio::select! {
-            r = &mut server => r,
-            () = async {
-                while !stop_h.asked() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                // Graceful shutdown waits for open connections; give them a bound.
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } => Ok(()),
-        }
+        serve::serve(listener, serve::router(shared), limits, shutdown_signal()).await;
+        Ok::<(), std::io::Error>(())
     });
+    // Dropping the runtime ends the connections still open.
+    drop(rt);
     service::notify(&[NotifyState::Stopping]);
     stop.ask();
     if sampler_thread.join().is_err() {
@@ -268,10 +269,6 @@ fn serve_until_stopped(
     }
     served.context("serving HTTP")
 }
-
-/// How long open connections get to finish once stop is asked: SIGTERM must stop the daemon
-/// within a second.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(300);
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
