@@ -23,6 +23,49 @@ fn pin_err(dir: &Path, reason: impl Into<String>) -> LoadError {
     }
 }
 
+/// Whether a pin exists. Not `Path::exists`: that reads EACCES as "absent", and a viewer that
+/// cannot see a daemon's pins (the pin dir's parent is 0700 under systemd) then attached a
+/// second copy, text-patching the kernel.
+pub(crate) fn pin_present(dir: &Path, pin: &Path) -> Result<bool, LoadError> {
+    match fs::symlink_metadata(pin) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(pin_err(
+            dir,
+            format!(
+                "cannot see {} ({e}): {NO_ACCESS_FIX}",
+                pin.strip_prefix(dir).unwrap_or(pin).display()
+            ),
+        )),
+    }
+}
+
+const NO_ACCESS_FIX: &str = "the pins belong to ctx-daemon; run this as root (sudo) \
+     or as the ctx user, rather than attaching a second copy";
+
+/// Refuses, with the fix, a pin this user may not open (bpf(2) `BPF_OBJ_GET` would only say
+/// "Permission denied").
+fn check_openable(dir: &Path, pin: &Path) -> Result<(), LoadError> {
+    let Ok(c) = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: a valid C string; access(2) only reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        return Err(pin_err(
+            dir,
+            format!(
+                "cannot open {} ({e}): {NO_ACCESS_FIX}",
+                pin.strip_prefix(dir).unwrap_or(pin).display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn map_path(dir: &Path, map: &str) -> PathBuf {
     dir.join("maps").join(map)
 }
@@ -108,8 +151,18 @@ fn pinned_meta(dir: &Path) -> Result<Meta, LoadError> {
         MapStep::Open,
         Some(dir),
     ))?;
-    let arr: Array<MapData, Meta> =
-        Array::try_from(Map::Array(md)).map_err(map_err(MAP_META, MapStep::Type, Some(dir)))?;
+    // A CTX_META of another size is another ctx's layout: say how to clear it, not only
+    // "invalid value size".
+    let arr: Array<MapData, Meta> = Array::try_from(Map::Array(md)).map_err(|e| {
+        pin_err(
+            dir,
+            format!(
+                "{MAP_META} is not this build's ({e}): these pins are from another ctx; remove \
+                 them with `ctx-daemon --detach --pin-dir {}`",
+                dir.display()
+            ),
+        )
+    })?;
     arr.get(&0, 0)
         .map_err(map_err(MAP_META, MapStep::Read, Some(dir)))
 }
@@ -117,7 +170,7 @@ fn pinned_meta(dir: &Path) -> Result<Meta, LoadError> {
 /// Refuses pins of another layout. A meta that was created but never written (a loader died
 /// before finishing) is reusable.
 pub(crate) fn check_pinned_meta(dir: &Path) -> Result<Option<Meta>, LoadError> {
-    if !map_path(dir, MAP_META).exists() {
+    if !pin_present(dir, &map_path(dir, MAP_META))? {
         return Ok(None);
     }
     let meta = pinned_meta(dir)?;
@@ -133,8 +186,11 @@ pub(crate) fn check_pinned_meta(dir: &Path) -> Result<Option<Meta>, LoadError> {
 /// Opens a daemon's pinned maps read-only, without loading or attaching anything. `None` when
 /// nothing is pinned there.
 pub fn open_pinned(dir: &Path, sys: &SysRoot) -> Result<Option<Probes>, LoadError> {
-    if !map_path(dir, MAP_META).exists() {
+    if !pin_present(dir, &map_path(dir, MAP_META))? {
         return Ok(None);
+    }
+    for name in [MAP_META, MAP_CPU, MAP_CONFIG] {
+        check_openable(dir, &map_path(dir, name))?;
     }
     check_caps(sys)?;
     let Some(meta) = check_pinned_meta(dir)? else {
