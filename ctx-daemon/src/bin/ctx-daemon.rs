@@ -148,12 +148,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Err(e) => warn!("could not drop capabilities: {e}"),
     }
 
-    let links = HOOKS
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| session.probes.meta.hooks_attached & (1 << i) != 0)
-        .map(|(_, h)| set.pin_dir.join("links").join(h.tracepoint))
-        .collect();
+    let links = pins::expected_pins(
+        &set.pin_dir,
+        HOOKS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| session.probes.meta.hooks_attached & (1 << i) != 0)
+            .map(|(_, h)| h.tracepoint),
+    );
     let stat = ExportStatic {
         facts: session.facts.clone(),
         cpus: set.cpus.clone(),

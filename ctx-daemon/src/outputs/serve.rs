@@ -24,7 +24,8 @@ pub struct Shared {
     last_sample_mono: AtomicU64,
     /// A sweep older than this makes the sampler stale.
     pub max_age_ns: u64,
-    /// Pinned links whose presence proves the programs are still attached.
+    /// Pinned maps and links whose presence proves the programs are still attached and write
+    /// the maps read here (checked on every `/healthz`).
     pub links: Vec<PathBuf>,
 }
 
@@ -76,7 +77,13 @@ impl Shared {
             .filter(|p| !p.exists())
             .map(|p| p.display().to_string())
             .collect();
-        (!gone.is_empty()).then(|| format!("programs detached: {} missing", gone.join(", ")))
+        (!gone.is_empty()).then(|| {
+            format!(
+                "pins gone (programs detached or maps orphaned): {} missing; restart ctx-daemon \
+                 to attach cleanly",
+                gone.join(", ")
+            )
+        })
     }
 }
 

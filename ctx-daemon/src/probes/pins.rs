@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::{fs, io};
 
 use aya::maps::{Array, Map, MapData, PerCpuArray};
-use ctx_common::programs::{HOOKS, MAP_CONFIG, MAP_CPU, MAP_META, MAPS};
+use ctx_common::programs::{HOOKS, MAP_CONFIG, MAP_CPU, MAP_LEDGER, MAP_META, MAPS};
 use ctx_common::record::{ABI_VERSION, Config, META_MAGIC, Meta};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::host::system::{self, BPF_FS_MAGIC, SysRoot};
 use crate::probes::hooks::{HookReport, HookStatus};
@@ -237,6 +237,57 @@ pub fn open_pinned(dir: &Path, sys: &SysRoot) -> Result<Option<Probes>, LoadErro
         ct_layout: None,
         ct_cpus,
     }))
+}
+
+/// Every pin the daemon keeps in `dir`: the maps, and the links of `attached` hooks.
+pub fn expected_pins<'a>(dir: &Path, attached: impl Iterator<Item = &'a str>) -> Vec<PathBuf> {
+    MAPS.iter()
+        .map(|m| map_path(dir, m))
+        .chain(attached.map(|tp| link_path(dir, tp)))
+        .collect()
+}
+
+/// Makes a partial set of pins whole before reuse. Links whose programs write a map whose pin
+/// is gone would keep writing the orphaned map while a new start creates and reads a fresh
+/// one: every per-CPU counter would read 0 forever. When any program-side map pin is missing
+/// but other pins remain, every link and program-side map pin is removed so the start attaches
+/// cleanly (the ledger stays: it is user space's, and nothing in the kernel writes it).
+/// Returns what was repaired, if anything.
+pub(crate) fn repair_partial(dir: &Path) -> Result<Option<String>, LoadError> {
+    let mut missing = Vec::new();
+    let mut present = 0;
+    for m in MAPS.iter().filter(|m| **m != MAP_LEDGER) {
+        if pin_present(dir, &map_path(dir, m))? {
+            present += 1;
+        } else {
+            missing.push(*m);
+        }
+    }
+    let links = HOOKS
+        .iter()
+        .map(|h| link_path(dir, h.tracepoint))
+        .filter(|p| matches!(pin_present(dir, p), Ok(true)))
+        .count();
+    if missing.is_empty() || present + links == 0 {
+        return Ok(None);
+    }
+    let remove = |p: &Path| match fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(pin_err(dir, format!("removing {}: {e}", p.display()))),
+    };
+    for h in &HOOKS {
+        remove(&link_path(dir, h.tracepoint))?;
+    }
+    for m in MAPS.iter().filter(|m| **m != MAP_LEDGER) {
+        remove(&map_path(dir, m))?;
+    }
+    let what = format!(
+        "pins {} missing; removed the other {present} map and {links} link pins to attach cleanly",
+        missing.join(", ")
+    );
+    warn!(dir = %dir.display(), "{what}");
+    Ok(Some(what))
 }
 
 /// What `detach` removed.
