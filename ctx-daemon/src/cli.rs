@@ -7,22 +7,37 @@ use tracing_subscriber::EnvFilter;
 /// Parses `10ms`, `1s`, `2.5s`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let d = if let Ok(secs) = s.parse::<f64>() {
-        if !(secs.is_finite() && secs >= 0.0) {
-            return Err(format!("invalid duration {s:?}"));
-        }
-        Duration::from_secs_f64(secs)
-    } else if let Some(secs) = s.strip_suffix('s').and_then(|v| v.parse::<f64>().ok()) {
-        if !(secs.is_finite() && secs >= 0.0) {
-            return Err(format!("invalid duration {s:?}"));
-        }
-        Duration::from_secs_f64(secs)
+    // `try_from`: `1e30` seconds does not fit a Duration, and `from_secs_f64` would panic.
+    let secs =
+        |v: f64| Duration::try_from_secs_f64(v).map_err(|_| format!("invalid duration {s:?}"));
+    let d = if let Ok(v) = s.parse::<f64>() {
+        secs(v)?
+    } else if let Some(v) = s.strip_suffix('s').and_then(|v| v.parse::<f64>().ok()) {
+        secs(v)?
     } else {
         humantime::parse_duration(s)
             .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 10ms, 1s, 2.5s"))?
     };
     if d.is_zero() {
         return Err(format!("duration {s:?} must be above zero"));
+    }
+    Ok(d)
+}
+
+/// The shortest sample interval: below it sweeps run back to back and burn a housekeeping CPU.
+pub const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(1);
+/// The longest: beyond it the sampler's staleness window (ten intervals) stops meaning much.
+pub const MAX_SAMPLE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A duration within `[MIN_SAMPLE_INTERVAL, MAX_SAMPLE_INTERVAL]`.
+pub fn parse_sample_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !(MIN_SAMPLE_INTERVAL..=MAX_SAMPLE_INTERVAL).contains(&d) {
+        return Err(format!(
+            "sample interval {s:?} is outside {}..={}",
+            humantime::format_duration(MIN_SAMPLE_INTERVAL),
+            humantime::format_duration(MAX_SAMPLE_INTERVAL)
+        ));
     }
     Ok(d)
 }
@@ -88,5 +103,16 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("1e30").is_err(), "too large, not a panic");
+        assert!(parse_duration("inf").is_err());
+    }
+
+    #[test]
+    fn sample_interval_bounds() {
+        assert!(parse_sample_interval("1ms").is_ok());
+        assert!(parse_sample_interval("60s").is_ok());
+        for bad in ["1ns", "999us", "61s", "100000000000", "1e30"] {
+            assert!(parse_sample_interval(bad).is_err(), "{bad}");
+        }
     }
 }

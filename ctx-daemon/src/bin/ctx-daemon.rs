@@ -5,15 +5,15 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use ctx::cli::parse_duration;
+use ctx::cli::parse_sample_interval;
 use ctx::daemon::config::{self, DEFAULT_CONFIG, FlagConfig, Settings};
 use ctx::daemon::ledger::LedgerMap;
-use ctx::daemon::service::{self, SamplingLoop};
+use ctx::daemon::lock;
+use ctx::daemon::service::{self, SamplingLoop, Stop};
 use ctx::host::btf::{CtLayout, KernelBtf};
 use ctx::host::cpuset::CpuSet;
 use ctx::host::kstate::KernelCtReader;
@@ -41,8 +41,8 @@ struct Args {
     /// Export only these CPUs (e.g. the `nohz_full` set, 1-15) [default: all].
     #[arg(long, value_name = "LIST")]
     cpus: Option<CpuSet>,
-    /// How often every CPU's state is sampled for verdicts [default: 10ms].
-    #[arg(long, value_parser = parse_duration)]
+    /// How often every CPU's state is sampled for verdicts, 1ms to 60s [default: 10ms].
+    #[arg(long, value_parser = parse_sample_interval)]
     sample_interval: Option<Duration>,
     /// bpffs directory for the pinned maps and links [default: /sys/fs/bpf/ctx].
     #[arg(long)]
@@ -56,6 +56,15 @@ struct Args {
     /// Remove the pinned programs and maps (detaching ctx from the kernel), then exit.
     #[arg(long)]
     detach: bool,
+    /// Most HTTP connections open at once; more are answered 503 and closed (keep it below
+    /// the open-file limit, 4096 in the unit).
+    #[arg(long = "web.max-connections", default_value_t = serve::Limits::default().max_connections,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..), usize::from))]
+    max_connections: usize,
+    /// Most requests served at once; more are answered 503 (the node exporter's flag).
+    #[arg(long = "web.max-requests", default_value_t = serve::Limits::default().max_requests,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..), usize::from))]
+    max_requests: usize,
     /// Check what would attach, print it, and exit without attaching or serving.
     #[arg(long)]
     check: bool,
@@ -86,6 +95,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let sys = SysRoot::default();
+    config::check_cpus(set.cpus.as_ref(), &sys.possible()?)?;
     if args.check {
         return check(&set, &sys);
     }
@@ -112,7 +122,19 @@ fn run(args: &Args) -> anyhow::Result<()> {
         )
     })?;
     listener.set_nonblocking(true)?;
+    if set.listen.ip().is_unspecified() {
+        info!(
+            listen = %set.listen,
+            "listening on every address; narrow it with --listen 127.0.0.1:{} (or `listen` in the \
+             config) when only local scrapers need it",
+            set.listen.port()
+        );
+    }
 
+    // One daemon per pin dir, taken before attaching so a second start never touches pins
+    // the first one uses.
+    pins::prepare_pin_dir(&set.pin_dir)?;
+    let _lock = lock::lock(&set.pin_dir)?;
     let mut session = attach(&set, &sys)?;
     // Opened before dropping capabilities: finding a program's maps by id needs CAP_SYS_ADMIN.
     let logger = match std::mem::replace(&mut session.probes.logs, LogSource::None) {
@@ -126,12 +148,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Err(e) => warn!("could not drop capabilities: {e}"),
     }
 
-    let links = HOOKS
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| session.probes.meta.hooks_attached & (1 << i) != 0)
-        .map(|(_, h)| set.pin_dir.join("links").join(h.tracepoint))
-        .collect();
+    let links = pins::expected_pins(
+        &set.pin_dir,
+        HOOKS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| session.probes.meta.hooks_attached & (1 << i) != 0)
+            .map(|(_, h)| h.tracepoint),
+    );
     let stat = ExportStatic {
         facts: session.facts.clone(),
         cpus: set.cpus.clone(),
@@ -156,11 +180,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let first = sampler
         .step()
         .context("first sample of the per-CPU map failed")?;
-    sampler
-        .shared
-        .publish(service::initial_view(&first), first.taken_ns);
+    // Carries the counters read back from the ledger: nothing is served before they are.
+    let view = sampler.initial_view(&first);
+    sampler.shared.publish(view, first.taken_ns);
     let status = service::status_line(&first);
-    serve_until_stopped(sampler, listener, set.listen, logger, &status)?;
+    let limits = serve::Limits {
+        max_connections: args.max_connections,
+        max_requests: args.max_requests,
+        ..serve::Limits::default()
+    }
+    .fit_to_fd_limit();
+    serve_until_stopped(sampler, listener, set.listen, logger, &status, limits)?;
     info!(
         "stopped; programs stay attached (pinned) for the next start; `ctx-daemon --detach` removes them"
     );
@@ -208,9 +238,10 @@ fn serve_until_stopped(
     listen: SocketAddr,
     logger: Option<Logger>,
     status: &str,
+    limits: serve::Limits,
 ) -> anyhow::Result<()> {
     let shared = Arc::clone(&sampler.shared);
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Stop::default());
     let stop_s = Arc::clone(&stop);
     let sampler_thread = std::thread::Builder::new()
         .name("ctx-sampler".into())
@@ -228,12 +259,13 @@ fn serve_until_stopped(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         info!(%listen, "serving /metrics and /healthz");
         service::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
-        axum::serve(listener, serve::router(shared))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        serve::serve(listener, serve::router(shared), limits, shutdown_signal()).await;
+        Ok::<(), std::io::Error>(())
     });
+    // Dropping the runtime ends the connections still open.
+    drop(rt);
     service::notify(&[NotifyState::Stopping]);
-    stop.store(true, Ordering::Relaxed);
+    stop.ask();
     if sampler_thread.join().is_err() {
         warn!("sampler thread panicked");
     }
@@ -325,6 +357,9 @@ fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
     println!("listen: {}", set.listen);
     println!("pin dir: {}", set.pin_dir.display());
     println!("sample interval: {:?}", set.sample_interval);
+    // What a start would do first: a pin dir it cannot create or write fails here too.
+    pins::prepare_pin_dir(&set.pin_dir)?;
+    println!("pin dir writable: yes");
     let nohz = sys.nohz_full();
     println!(
         "nohz_full: {}",

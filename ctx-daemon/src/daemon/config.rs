@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::cli::parse_duration;
+use crate::cli::parse_sample_interval;
 use crate::host::cpuset::CpuSet;
 use crate::probes::DEFAULT_PIN_DIR;
 
@@ -58,6 +58,12 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("the CPU list is empty: name CPUs (e.g. --cpus 1-15) or leave it out for all")]
+    NoCpus,
+    #[error(
+        "CPUs {cpus} are not possible on this host (possible: {possible}); fix --cpus or `cpus`"
+    )]
+    ImpossibleCpus { cpus: CpuSet, possible: CpuSet },
     #[error("config file {path}: key `{key}`: {message}")]
     Value {
         path: PathBuf,
@@ -113,9 +119,12 @@ pub fn resolve(
         (None, Some(s)) => Some(s.parse().map_err(|e| bad("cpus", format!("{e}")))?),
         (None, None) => None,
     };
+    if cpus.as_ref().is_some_and(CpuSet::is_empty) {
+        return Err(ConfigError::NoCpus);
+    }
     let sample_interval = match (flags.sample_interval, &f.sample_interval) {
         (Some(d), _) => d,
-        (None, Some(s)) => parse_duration(s).map_err(|e| bad("sample_interval", e))?,
+        (None, Some(s)) => parse_sample_interval(s).map_err(|e| bad("sample_interval", e))?,
         (None, None) => DEFAULT_SAMPLE_INTERVAL,
     };
     let pin_dir = flags
@@ -134,6 +143,21 @@ pub fn resolve(
         pin_dir,
         housekeeping_affinity,
     })
+}
+
+/// Refuses CPUs the host cannot have: a filter naming only those would export no CPU series
+/// while `/healthz` says ok.
+pub fn check_cpus(cpus: Option<&CpuSet>, possible: &CpuSet) -> Result<(), ConfigError> {
+    let Some(c) = cpus else { return Ok(()) };
+    let beyond: CpuSet = c.iter().filter(|x| !possible.contains(*x)).collect();
+    if beyond.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::ImpossibleCpus {
+            cpus: beyond,
+            possible: possible.clone(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +211,24 @@ mod tests {
                 .is_none()
         );
         assert!(read_file(Path::new("/nonexistent/ctx.toml"), true).is_err());
+    }
+
+    #[test]
+    fn cpus_and_intervals_are_bounded() {
+        let p = Path::new("/x.toml");
+        let f = parse_file("cpus = \"\"", p).unwrap();
+        assert!(matches!(
+            resolve(&FlagConfig::default(), Some(&f), p),
+            Err(ConfigError::NoCpus)
+        ));
+        let f = parse_file("sample_interval = \"1ns\"", p).unwrap();
+        assert!(resolve(&FlagConfig::default(), Some(&f), p).is_err());
+        let possible: CpuSet = "0-3".parse().unwrap();
+        assert!(check_cpus(Some(&"1-3".parse().unwrap()), &possible).is_ok());
+        let e = check_cpus(Some(&"2,999".parse().unwrap()), &possible)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("999") && e.contains("0-3"), "{e}");
     }
 
     #[test]

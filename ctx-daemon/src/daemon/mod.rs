@@ -3,8 +3,10 @@
 //! * [`config`]: built-in defaults, then the TOML file, then flags.
 //! * [`service`]: the sampling thread (sweep, persist, publish), housekeeping affinity,
 //!   dropping capabilities, systemd notifications.
+//! * [`lock`]: one daemon per pin dir (`flock` on the directory).
 //! * [`ledger`]: the counters only user space knows, kept in a pinned map across restarts.
 
 pub mod config;
 pub mod ledger;
+pub mod lock;
 pub mod service;

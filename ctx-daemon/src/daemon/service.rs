@@ -2,8 +2,7 @@
 //! capabilities once attached, and systemd notifications.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ctx_common::{Source, Verdict};
@@ -88,6 +87,52 @@ pub fn notify(states: &[sd_notify::NotifyState]) {
     }
 }
 
+/// A stop request the sampler waits on: its sleep ends the moment stop is asked, so SIGTERM
+/// stops the daemon promptly at any interval (and the final ledger write is not cut off by
+/// systemd's stop timeout).
+#[derive(Default)]
+pub struct Stop {
+    asked: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Stop {
+    pub fn ask(&self) {
+        match self.asked.lock() {
+            Ok(mut g) => *g = true,
+            Err(p) => *p.into_inner() = true,
+        }
+        self.cv.notify_all();
+    }
+
+    pub fn asked(&self) -> bool {
+        match self.asked.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        }
+    }
+
+    /// Sleeps for `d` or until stop is asked; true when it was.
+    pub fn wait(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut g = match self.asked.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        while !*g {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = match self.cv.wait_timeout(g, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
 /// The daemon's sampling thread: sweeps, persists user-space counters, publishes to scrapes.
 pub struct SamplingLoop {
     pub session: Session,
@@ -135,6 +180,19 @@ impl SamplingLoop {
         }
     }
 
+    /// The view served until the sampler's first publish. It carries the counters read back
+    /// from the ledger (call [`Self::restore`] first): an empty view here would serve sweeps,
+    /// samples and torn reads at 0 right after a restart, below what scrapes saw before it.
+    pub fn initial_view(&self, first: &Sample) -> ExportView {
+        ExportView {
+            sample: Arc::new(first.clone()),
+            verdicts: Arc::new(self.verdicts()),
+            totals: self.totals,
+            last_sample_unix: unix_now(),
+            sampler_up: true,
+        }
+    }
+
     fn verdicts(&self) -> BTreeMap<u32, Samples> {
         self.session
             .possible
@@ -178,13 +236,13 @@ impl SamplingLoop {
 
     /// Samples every `interval` until `stop`, publishing each sweep; user-space counters are
     /// persisted and published once per [`FLUSH_EVERY`].
-    pub fn run(mut self, stop: &AtomicBool) {
+    pub fn run(mut self, stop: &Stop) {
         let mut persisted = self.flush();
         let mut last_flush = Instant::now();
         let mut last_status = Instant::now();
         let mut last_dog = Instant::now();
         let mut next = Instant::now() + self.interval;
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.asked() {
             if let Some(s) = self.step() {
                 let taken = s.taken_ns;
                 let latest = Arc::new(s);
@@ -215,15 +273,20 @@ impl SamplingLoop {
                 }
             }
             let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
+            let stopped = if next > now {
+                let s = stop.wait(next - now);
                 next += self.interval;
+                s
             } else {
                 // Fell behind (sweeps slower than the interval, or the process was stopped):
                 // rest a full interval rather than sweep back to back, so a starved
                 // housekeeping CPU still has time for scrapes, and do not try to catch up.
-                std::thread::sleep(self.interval);
+                let s = stop.wait(self.interval);
                 next = Instant::now() + self.interval;
+                s
+            };
+            if stopped {
+                break;
             }
         }
         self.flush();
@@ -238,12 +301,22 @@ pub fn max_age(interval: Duration) -> u64 {
         .max(1_000_000_000)
 }
 
-/// The view published before the first sweep finished.
-pub fn initial_view(first: &Sample) -> ExportView {
-    ExportView {
-        sample: Arc::new(first.clone()),
-        last_sample_unix: unix_now(),
-        sampler_up: true,
-        ..ExportView::default()
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    #[test]
+    fn stop_cuts_a_long_wait_short() {
+        let stop = Arc::new(Stop::default());
+        let s = Arc::clone(&stop);
+        let t = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            (s.wait(Duration::from_secs(60)), t0.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        stop.ask();
+        let (asked, took) = t.join().unwrap();
+        assert!(asked && took < Duration::from_secs(5), "{took:?}");
+        assert!(!Stop::default().wait(Duration::from_millis(1)));
     }
 }

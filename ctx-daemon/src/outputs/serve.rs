@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -23,7 +24,8 @@ pub struct Shared {
     last_sample_mono: AtomicU64,
     /// A sweep older than this makes the sampler stale.
     pub max_age_ns: u64,
-    /// Pinned links whose presence proves the programs are still attached.
+    /// Pinned maps and links whose presence proves the programs are still attached and write
+    /// the maps read here (checked on every `/healthz`).
     pub links: Vec<PathBuf>,
 }
 
@@ -75,7 +77,13 @@ impl Shared {
             .filter(|p| !p.exists())
             .map(|p| p.display().to_string())
             .collect();
-        (!gone.is_empty()).then(|| format!("programs detached: {} missing", gone.join(", ")))
+        (!gone.is_empty()).then(|| {
+            format!(
+                "pins gone (programs detached or maps orphaned): {} missing; restart ctx-daemon \
+                 to attach cleanly",
+                gone.join(", ")
+            )
+        })
     }
 }
 
@@ -111,6 +119,170 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .layer(CompressionLayer::new().gzip(true))
         .with_state(shared)
+}
+
+/// What one client may hold. Connections are capped below the unit's `LimitNOFILE` (4096), so
+/// a flood of idle sockets cannot take the descriptors a real scrape needs; requests in flight
+/// are capped like the Prometheus node exporter's `--web.max-requests`.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_requests: usize,
+    /// A client must send a whole request head within this; it also ends idle keep-alive
+    /// connections, since hyper arms it whenever it waits for the next request head.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 3072,
+            max_requests: 512,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// Raises the soft open-file limit to the hard one (as Go programs do at start) and keeps
+    /// the connection cap below it, with room for the daemon's own descriptors: past the limit
+    /// `accept` fails and every client, real or not, times out.
+    #[must_use]
+    pub fn fit_to_fd_limit(mut self) -> Self {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: valid pointer to a rlimit; RLIMIT_NOFILE is a valid resource.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut rl) } != 0 {
+            return self;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+                rl.rlim_cur = rl.rlim_max;
+            }
+        }
+        let room = usize::try_from(rl.rlim_cur.saturating_sub(128)).unwrap_or(usize::MAX);
+        if self.max_connections > room {
+            tracing::warn!(
+                asked = self.max_connections,
+                kept = room.max(1),
+                "connection cap lowered to fit the open-file limit (LimitNOFILE)"
+            );
+            self.max_connections = room.max(1);
+        }
+        self
+    }
+}
+
+/// Says "refused" at most once per interval, with how many were refused since.
+struct Refusals {
+    count: AtomicU64,
+    last_log_mono: AtomicU64,
+}
+
+impl Refusals {
+    const EVERY_NS: u64 = 10_000_000_000;
+
+    fn note(&self, what: &str, limit: usize) {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = mono_now_ns();
+        let last = self.last_log_mono.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= Self::EVERY_NS)
+            && self
+                .last_log_mono
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.count.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                refused = n,
+                limit,
+                "{what} at the limit: refusing clients (503); raise --web.max-connections or \
+                 --web.max-requests if these are real scrapers"
+            );
+        }
+    }
+}
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+    Content-Type: text/plain\r\nContent-Length: 22\r\n\r\ntoo many connections\r\n";
+
+/// Serves `app` on `listener` until `shutdown` completes. Open connections are not waited for:
+/// the caller drops the runtime, which ends them (SIGTERM must stop the daemon promptly).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tokio::sync::Semaphore;
+    use tower::ServiceExt as _;
+
+    let conns = Arc::new(Semaphore::new(limits.max_connections));
+    let reqs = Arc::new(Semaphore::new(limits.max_requests));
+    let refused = Arc::new(Refusals {
+        count: AtomicU64::new(0),
+        last_log_mono: AtomicU64::new(0),
+    });
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => return,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning on a full table.
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&conns).try_acquire_owned() else {
+            refused.note("connections", limits.max_connections);
+            // A fresh socket's send buffer takes this whole; never wait on the client.
+            let _ = stream.try_write(BUSY);
+            drop(stream);
+            continue;
+        };
+        let app = app.clone();
+        let reqs = Arc::clone(&reqs);
+        let refused = Arc::clone(&refused);
+        let max_requests = limits.max_requests;
+        let svc = hyper::service::service_fn(move |req: axum::http::Request<_>| {
+            let app = app.clone();
+            let reqs = Arc::clone(&reqs);
+            let refused = Arc::clone(&refused);
+            async move {
+                let Ok(_p) = reqs.try_acquire_owned() else {
+                    refused.note("requests", max_requests);
+                    return Ok::<_, std::convert::Infallible>(
+                        (StatusCode::SERVICE_UNAVAILABLE, "too many requests\n").into_response(),
+                    );
+                };
+                app.oneshot(req.map(axum::body::Body::new)).await
+            }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .keep_alive(true);
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        tokio::spawn(async move {
+            let _permit = permit;
+            // Timeouts and resets end here; they are the client's business.
+            let _ = conn.await;
+        });
+    }
 }
 
 #[cfg(test)]
@@ -188,5 +360,52 @@ mod tests {
         let (st, body, _) = get(&s, Request::get("/healthz").body(Body::empty()).unwrap()).await;
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
         assert!(String::from_utf8_lossy(&body).contains("detached"));
+    }
+
+    #[tokio::test]
+    async fn connection_cap_and_header_timeout() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 1,
+            max_requests: 1,
+            header_read_timeout: Duration::from_millis(300),
+        };
+        tokio::spawn(serve(
+            l,
+            router(shared(u64::MAX, vec![])),
+            limits,
+            std::future::pending(),
+        ));
+        // A slowloris holds the only slot...
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ...so the next client is refused at once, not left waiting.
+        let mut next = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        next.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got.starts_with(b"HTTP/1.1 503"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        // The header-read timeout (hyper has a timer) closes the slowloris and frees the slot.
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "slowloris not closed");
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        ok.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
     }
 }

@@ -19,7 +19,7 @@ use crate::host::btf::KernelBtf;
 use crate::host::cpuset::CpuSet;
 use crate::host::system::{self, SysRoot};
 use crate::probes::hooks::{HookReport, HookStatus};
-use crate::probes::pins::{check_pinned_meta, link_path, map_path, prepare_pin_dir};
+use crate::probes::pins::{self, check_pinned_meta, link_path, map_path, prepare_pin_dir};
 use crate::probes::{LoadError, LogSource, MapStep, Probes, check_caps, map_err};
 
 /// The eBPF object, built by build.rs.
@@ -326,6 +326,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
     let pin = opts.pin_dir.as_deref();
     if let Some(dir) = pin {
         prepare_pin_dir(dir)?;
+        pins::repair_partial(dir)?;
         check_pinned_meta(dir)?;
     }
 

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::{fs, io};
 
 use aya::maps::{Array, Map, MapData, PerCpuArray};
-use ctx_common::programs::{HOOKS, MAP_CONFIG, MAP_CPU, MAP_META, MAPS};
+use ctx_common::programs::{HOOKS, MAP_CONFIG, MAP_CPU, MAP_LEDGER, MAP_META, MAPS};
 use ctx_common::record::{ABI_VERSION, Config, META_MAGIC, Meta};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::host::system::{self, BPF_FS_MAGIC, SysRoot};
 use crate::probes::hooks::{HookReport, HookStatus};
@@ -21,6 +21,49 @@ fn pin_err(dir: &Path, reason: impl Into<String>) -> LoadError {
         dir: dir.to_owned(),
         reason: reason.into(),
     }
+}
+
+/// Whether a pin exists. Not `Path::exists`: that reads EACCES as "absent", and a viewer that
+/// cannot see a daemon's pins (the pin dir's parent is 0700 under systemd) then attached a
+/// second copy, text-patching the kernel.
+pub(crate) fn pin_present(dir: &Path, pin: &Path) -> Result<bool, LoadError> {
+    match fs::symlink_metadata(pin) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(pin_err(
+            dir,
+            format!(
+                "cannot see {} ({e}): {NO_ACCESS_FIX}",
+                pin.strip_prefix(dir).unwrap_or(pin).display()
+            ),
+        )),
+    }
+}
+
+const NO_ACCESS_FIX: &str = "the pins belong to ctx-daemon; run this as root (sudo) \
+     or as the ctx user, rather than attaching a second copy";
+
+/// Refuses, with the fix, a pin this user may not open (bpf(2) `BPF_OBJ_GET` would only say
+/// "Permission denied").
+fn check_openable(dir: &Path, pin: &Path) -> Result<(), LoadError> {
+    let Ok(c) = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: a valid C string; access(2) only reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        return Err(pin_err(
+            dir,
+            format!(
+                "cannot open {} ({e}): {NO_ACCESS_FIX}",
+                pin.strip_prefix(dir).unwrap_or(pin).display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn map_path(dir: &Path, map: &str) -> PathBuf {
@@ -34,7 +77,7 @@ pub(crate) fn link_path(dir: &Path, tracepoint: &str) -> PathBuf {
 /// Makes sure `dir` can hold pins: on bpffs, existing, writable. Mounts bpffs at /sys/fs/bpf
 /// when that is where the pins go and nothing is mounted there (systemd normally mounts it;
 /// minimal systems and containers may not).
-pub(crate) fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
+pub fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
     let bpffs_root = Path::new("/sys/fs/bpf");
     if dir.starts_with(bpffs_root) && !system::fs_magic_is(bpffs_root, BPF_FS_MAGIC) {
         info!("bpffs is not mounted at /sys/fs/bpf; mounting it");
@@ -108,8 +151,18 @@ fn pinned_meta(dir: &Path) -> Result<Meta, LoadError> {
         MapStep::Open,
         Some(dir),
     ))?;
-    let arr: Array<MapData, Meta> =
-        Array::try_from(Map::Array(md)).map_err(map_err(MAP_META, MapStep::Type, Some(dir)))?;
+    // A CTX_META of another size is another ctx's layout: say how to clear it, not only
+    // "invalid value size".
+    let arr: Array<MapData, Meta> = Array::try_from(Map::Array(md)).map_err(|e| {
+        pin_err(
+            dir,
+            format!(
+                "{MAP_META} is not this build's ({e}): these pins are from another ctx; remove \
+                 them with `ctx-daemon --detach --pin-dir {}`",
+                dir.display()
+            ),
+        )
+    })?;
     arr.get(&0, 0)
         .map_err(map_err(MAP_META, MapStep::Read, Some(dir)))
 }
@@ -117,7 +170,7 @@ fn pinned_meta(dir: &Path) -> Result<Meta, LoadError> {
 /// Refuses pins of another layout. A meta that was created but never written (a loader died
 /// before finishing) is reusable.
 pub(crate) fn check_pinned_meta(dir: &Path) -> Result<Option<Meta>, LoadError> {
-    if !map_path(dir, MAP_META).exists() {
+    if !pin_present(dir, &map_path(dir, MAP_META))? {
         return Ok(None);
     }
     let meta = pinned_meta(dir)?;
@@ -133,8 +186,11 @@ pub(crate) fn check_pinned_meta(dir: &Path) -> Result<Option<Meta>, LoadError> {
 /// Opens a daemon's pinned maps read-only, without loading or attaching anything. `None` when
 /// nothing is pinned there.
 pub fn open_pinned(dir: &Path, sys: &SysRoot) -> Result<Option<Probes>, LoadError> {
-    if !map_path(dir, MAP_META).exists() {
+    if !pin_present(dir, &map_path(dir, MAP_META))? {
         return Ok(None);
+    }
+    for name in [MAP_META, MAP_CPU, MAP_CONFIG] {
+        check_openable(dir, &map_path(dir, name))?;
     }
     check_caps(sys)?;
     let Some(meta) = check_pinned_meta(dir)? else {
@@ -181,6 +237,57 @@ pub fn open_pinned(dir: &Path, sys: &SysRoot) -> Result<Option<Probes>, LoadErro
         ct_layout: None,
         ct_cpus,
     }))
+}
+
+/// Every pin the daemon keeps in `dir`: the maps, and the links of `attached` hooks.
+pub fn expected_pins<'a>(dir: &Path, attached: impl Iterator<Item = &'a str>) -> Vec<PathBuf> {
+    MAPS.iter()
+        .map(|m| map_path(dir, m))
+        .chain(attached.map(|tp| link_path(dir, tp)))
+        .collect()
+}
+
+/// Makes a partial set of pins whole before reuse. Links whose programs write a map whose pin
+/// is gone would keep writing the orphaned map while a new start creates and reads a fresh
+/// one: every per-CPU counter would read 0 forever. When any program-side map pin is missing
+/// but other pins remain, every link and program-side map pin is removed so the start attaches
+/// cleanly (the ledger stays: it is user space's, and nothing in the kernel writes it).
+/// Returns what was repaired, if anything.
+pub(crate) fn repair_partial(dir: &Path) -> Result<Option<String>, LoadError> {
+    let mut missing = Vec::new();
+    let mut present = 0;
+    for m in MAPS.iter().filter(|m| **m != MAP_LEDGER) {
+        if pin_present(dir, &map_path(dir, m))? {
+            present += 1;
+        } else {
+            missing.push(*m);
+        }
+    }
+    let links = HOOKS
+        .iter()
+        .map(|h| link_path(dir, h.tracepoint))
+        .filter(|p| matches!(pin_present(dir, p), Ok(true)))
+        .count();
+    if missing.is_empty() || present + links == 0 {
+        return Ok(None);
+    }
+    let remove = |p: &Path| match fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(pin_err(dir, format!("removing {}: {e}", p.display()))),
+    };
+    for h in &HOOKS {
+        remove(&link_path(dir, h.tracepoint))?;
+    }
+    for m in MAPS.iter().filter(|m| **m != MAP_LEDGER) {
+        remove(&map_path(dir, m))?;
+    }
+    let what = format!(
+        "pins {} missing; removed the other {present} map and {links} link pins to attach cleanly",
+        missing.join(", ")
+    );
+    warn!(dir = %dir.display(), "{what}");
+    Ok(Some(what))
 }
 
 /// What `detach` removed.
