@@ -24,6 +24,12 @@ fn main() -> anyhow::Result<()> {
     // variable only reaches the nested eBPF build that aya-build spawns.
     // SAFETY: build scripts are single-threaded at this point.
     unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
+    // aya-build forwards every line of the nested cargo's stderr as a `cargo::warning`, so its
+    // progress ("Compiling ...", about 30 lines on a fresh build) read as warnings. Quiet, it
+    // prints none; rustc's diagnostics still come through its JSON messages, real warnings
+    // and errors included.
+    // SAFETY: as above.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [Package {
             name: "ctx-ebpf",

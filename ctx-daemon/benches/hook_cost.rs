@@ -263,6 +263,7 @@ fn hook_cost(sys: &SysRoot, cpu: u32, rounds: usize, calls: u64) -> anyhow::Resu
                     let p = attach::load(&LoadOptions {
                         pin_dir: None,
                         sys: sys.clone(),
+                        state_dir: None,
                     })
                     .context("attaching ctx's programs")?;
                     ctx_hooks = p.hooks.summary();

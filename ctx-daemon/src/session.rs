@@ -19,8 +19,12 @@ use crate::sample::{SampleError, Sampler};
 /// How to get at the probes.
 #[derive(Clone, Debug)]
 pub enum Attach {
-    /// Attach and pin under `pin_dir`, reusing whatever is pinned there (ctx-daemon).
-    Daemon { pin_dir: PathBuf },
+    /// Attach and pin under `pin_dir`, reusing whatever is pinned there (ctx-daemon); a
+    /// refused program's verifier log goes under `state_dir`.
+    Daemon {
+        pin_dir: PathBuf,
+        state_dir: PathBuf,
+    },
     /// Read a daemon's pinned maps when there are any; otherwise attach privately, detaching
     /// on exit (ctxtop).
     Viewer { pin_dir: PathBuf },
@@ -39,19 +43,23 @@ pub struct Session {
 
 impl Session {
     pub fn open(attach: &Attach, sys: SysRoot) -> Result<Self, LoadError> {
-        let load = |pin_dir: Option<PathBuf>| {
+        let load = |pin_dir: Option<PathBuf>, state_dir: Option<PathBuf>| {
             attach::load(&LoadOptions {
                 pin_dir,
                 sys: sys.clone(),
+                state_dir,
             })
         };
         let (mut probes, origin) = match attach {
-            Attach::Daemon { pin_dir } => (load(Some(pin_dir.clone()))?, Origin::Loaded),
+            Attach::Daemon { pin_dir, state_dir } => (
+                load(Some(pin_dir.clone()), Some(state_dir.clone()))?,
+                Origin::Loaded,
+            ),
             Attach::Viewer { pin_dir } => match pins::open_pinned(pin_dir, &sys)? {
                 Some(p) => (p, Origin::Pinned),
-                None => (load(None)?, Origin::Loaded),
+                None => (load(None, None)?, Origin::Loaded),
             },
-            Attach::Standalone => (load(None)?, Origin::Loaded),
+            Attach::Standalone => (load(None, None)?, Origin::Loaded),
         };
         let possible = sys.possible()?;
         let map = probes

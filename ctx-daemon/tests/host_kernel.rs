@@ -365,7 +365,11 @@ fn ctx_sched_switch_skipped_without_btf() {
         sys: root.join("sys"),
         proc: "/proc".into(),
     };
-    let p = attach::load(&LoadOptions { pin_dir: None, sys }).unwrap();
+    let p = attach::load(&LoadOptions {
+        pin_dir: None,
+        sys,
+        state_dir: None,
+    }).unwrap();
     let _ = std::fs::remove_dir_all(&root);
     assert!(p.hooks.status("sys_enter").unwrap().active());
     assert!(!p.hooks.status("sched_switch").unwrap().active());

@@ -45,6 +45,17 @@ static CTX_LEDGER: Array<Ledger> = Array::with_max_entries(1, 0);
 static PT_REGS_ORIG_AX_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_PID_OFF: u32 = 0;
+/// For `ctx_sched_switch_stack`: byte offset of `stack` in `struct task_struct`, the kernel's
+/// `THREAD_SIZE`, `sizeof(struct pt_regs)` and the byte offset of its `cs` (0: unknown, the
+/// program finds no frame).
+#[unsafe(no_mangle)]
+static TASK_STACK_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static THREAD_SIZE: u32 = 0;
+#[unsafe(no_mangle)]
+static PT_REGS_SIZE: u32 = 0;
+#[unsafe(no_mangle)]
+static PT_REGS_CS_OFF: u32 = 0;
 
 /// Mode each task was in when it last left a syscall-driven CPU (1 kernel, 2 user), by thread
 /// id, so a switch back to it restores the mirror. LRU: exited threads age out.
@@ -213,8 +224,59 @@ pub fn ctx_cpuhp_enter(ctx: RawTracePointContext) -> u32 {
 /// `sys_exit`. The mode the task left in (the mirror's mode at its last switch-out, kept by
 /// thread id) settles it. The frame decides first, so a stale or wrong stored mode can never
 /// stick to a task that keeps running in user mode.
+///
+/// This variant finds the frame with `bpf_task_pt_regs` (5.15 on); the loader picks
+/// [`ctx_sched_switch_stack`] on kernels without that helper.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn ctx_sched_switch(ctx: BtfTracePointContext) -> u32 {
+    switch(&ctx, |next_task| {
+        // SAFETY: `next_task` is the BTF-typed task argument of the tracepoint.
+        let regs = unsafe { bpf_task_pt_regs(next_task) };
+        regs as *const u8
+    })
+}
+
+/// The same for kernels before 5.15, which have no `bpf_task_pt_regs`: the frame is where x86_64's
+/// `task_pt_regs()` puts it, the last `struct pt_regs` below the top of the task's stack
+/// (`task->stack + THREAD_SIZE`; x86_64 has no top-of-stack padding). The loader gives
+/// `THREAD_SIZE` and the sizes and offsets from BTF. Reading a wrong place cannot crash (probe
+/// reads), and a frame whose `cs` is not a user segment (CPL 3) counts as no user frame.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn ctx_sched_switch_stack(ctx: BtfTracePointContext) -> u32 {
+    // SAFETY: globals the loader sets; volatile so the compiler cannot fold them to zero.
+    let (stack_off, thread_size, regs_size, cs_off) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const TASK_STACK_OFF),
+            core::ptr::read_volatile(&raw const THREAD_SIZE),
+            core::ptr::read_volatile(&raw const PT_REGS_SIZE),
+            core::ptr::read_volatile(&raw const PT_REGS_CS_OFF),
+        )
+    };
+    switch(&ctx, |next_task| {
+        if thread_size == 0 || regs_size == 0 || regs_size > thread_size {
+            return core::ptr::null();
+        }
+        // SAFETY: probe read of the task's `stack` pointer; a fault yields an error.
+        let stack: u64 =
+            unsafe { bpf_probe_read_kernel(field(next_task.cast_const().cast(), stack_off)) }
+                .unwrap_or(0);
+        if stack == 0 {
+            return core::ptr::null();
+        }
+        let regs = (stack + u64::from(thread_size - regs_size)) as *const u8;
+        // SAFETY: as above.
+        let cs: u64 = unsafe { bpf_probe_read_kernel(field(regs, cs_off)) }.unwrap_or(0);
+        if cs & 3 == 3 { regs } else { core::ptr::null() }
+    })
+}
+
+/// The body of both switch programs; `user_frame` finds the next task's saved user frame
+/// (null: none).
+#[inline(always)]
+fn switch(
+    ctx: &BtfTracePointContext,
+    user_frame: impl FnOnce(*mut task_struct) -> *const u8,
+) -> u32 {
     // SAFETY: globals the loader sets; volatile so the compiler cannot fold them to zero.
     let (regs_off, pid_off) = unsafe {
         (
@@ -249,8 +311,7 @@ pub fn ctx_sched_switch(ctx: BtfTracePointContext) -> u32 {
         let _ = TASK_MODE.insert(&prev, &mode, 0);
     }
     let next_task: *mut task_struct = ctx.arg(2);
-    // SAFETY: `next_task` is the BTF-typed task argument of the tracepoint.
-    let regs = unsafe { bpf_task_pt_regs(next_task) } as *const u8;
+    let regs = user_frame(next_task);
     // SAFETY: probe reads of kernel memory; a fault yields an error, not a crash.
     let orig_ax: i64 = if regs.is_null() {
         0

@@ -22,6 +22,7 @@ use ctx::model::sweeps::SweepTotals;
 use ctx::outputs::metrics::{ExportStatic, ExportView};
 use ctx::outputs::serve::{self, Shared};
 use ctx::probes::hooks::HookStatus;
+use ctx::probes::attach::{self, LoadOptions};
 use ctx::probes::{LoadError, LogSource, pins};
 use ctx::session::{Attach, Session};
 use ctx_common::programs::{DETECTED_ONLY, HOOKS, MAP_META};
@@ -47,6 +48,10 @@ struct Args {
     /// bpffs directory for the pinned maps and links [default: /sys/fs/bpf/ctx].
     #[arg(long)]
     pin_dir: Option<PathBuf>,
+    /// Directory for ctx-daemon's own files: a refused program's verifier log goes to its
+    /// verifier/ [default: /var/lib/ctx].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// TOML config file; flags win over it.
     #[arg(long, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
@@ -83,6 +88,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         sample_interval: args.sample_interval,
         pin_dir: args.pin_dir.clone(),
         housekeeping_affinity: args.no_housekeeping_affinity.then_some(false),
+        state_dir: args.state_dir.clone(),
     };
     Ok(config::resolve(&flags, file.as_ref(), &args.config)?)
 }
@@ -202,6 +208,7 @@ fn attach(set: &Settings, sys: &SysRoot) -> anyhow::Result<Session> {
     let session = Session::open(
         &Attach::Daemon {
             pin_dir: set.pin_dir.clone(),
+            state_dir: set.state_dir.clone(),
         },
         sys.clone(),
     )
@@ -224,6 +231,8 @@ fn attach(set: &Settings, sys: &SysRoot) -> anyhow::Result<Session> {
         match s {
             // Expected where the kernel lacks the feature (no CONTEXT_TRACKING_USER, say).
             HookStatus::Absent => info!(hook, "hook absent from this kernel"),
+            // The loader said why, with the verifier log's place, on one line.
+            HookStatus::Failed(_) => {}
             s if !s.active() => warn!(hook, status = %s, "hook not in use"),
             _ => {}
         }
@@ -350,6 +359,23 @@ fn print_kernel_states(sys: &SysRoot, layout: CtLayout) {
     }
 }
 
+/// Every hook's program through the verifier, none attached.
+fn print_loadable(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
+    let opts = LoadOptions {
+        pin_dir: None,
+        sys: sys.clone(),
+        state_dir: Some(set.state_dir.clone()),
+    };
+    let (hooks, switch) = attach::check(&opts).context("loading ctx's programs to check them")?;
+    if let Some(v) = switch {
+        println!("sched_switch program: {} ({})", v.program(), v.why());
+    }
+    for (h, program, verdict) in &hooks {
+        println!("hook {}:{} ({program}): {verdict}", h.group, h.tracepoint);
+    }
+    Ok(())
+}
+
 /// `--check`: preflight without attaching.
 fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
     println!("ctx-daemon {} check", ctx::VERSION);
@@ -387,18 +413,6 @@ fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
                 println!("kernel context_tracking.state: {}", l.describe());
                 print_kernel_states(sys, l);
             }
-            for h in &HOOKS {
-                println!(
-                    "hook {}:{}: {}",
-                    h.group,
-                    h.tracepoint,
-                    if b.has_tracepoint(h.tracepoint) {
-                        "present"
-                    } else {
-                        "absent"
-                    }
-                );
-            }
             for (g, tp) in DETECTED_ONLY {
                 println!(
                     "hook {g}:{tp} (reported only): {}",
@@ -411,6 +425,9 @@ fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
             }
         }
         Err(e) => println!("BTF: {e}"),
+    }
+    if missing.is_empty() {
+        print_loadable(set, sys)?;
     }
     let pinned = set.pin_dir.join("maps").join(MAP_META).exists();
     println!(

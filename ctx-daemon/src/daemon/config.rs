@@ -10,6 +10,7 @@ use thiserror::Error;
 use crate::cli::parse_sample_interval;
 use crate::host::cpuset::CpuSet;
 use crate::probes::DEFAULT_PIN_DIR;
+use crate::probes::verify::DEFAULT_STATE_DIR;
 
 /// Beyond the 9100-9999 exporter range of Prometheus' default port allocations, which has
 /// been fully allocated since 2023.
@@ -26,6 +27,7 @@ pub struct FileConfig {
     pub sample_interval: Option<String>,
     pub pin_dir: Option<PathBuf>,
     pub housekeeping_affinity: Option<bool>,
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Flags as given (None: not on the command line).
@@ -36,6 +38,7 @@ pub struct FlagConfig {
     pub sample_interval: Option<Duration>,
     pub pin_dir: Option<PathBuf>,
     pub housekeeping_affinity: Option<bool>,
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +49,8 @@ pub struct Settings {
     pub pin_dir: PathBuf,
     /// Keep ctx's own threads off `nohz_full` CPUs.
     pub housekeeping_affinity: bool,
+    /// ctx-daemon's own files (verifier logs of refused programs).
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Error)]
@@ -136,12 +141,18 @@ pub fn resolve(
         .housekeeping_affinity
         .or(f.housekeeping_affinity)
         .unwrap_or(true);
+    let state_dir = flags
+        .state_dir
+        .clone()
+        .or(f.state_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     Ok(Settings {
         listen,
         cpus,
         sample_interval,
         pin_dir,
         housekeeping_affinity,
+        state_dir,
     })
 }
 

@@ -173,6 +173,30 @@ impl KernelBtf {
             })
     }
 
+    /// Whether `enum name` has the enumerator `wanted`, e.g. `BPF_FUNC_task_pt_regs` in
+    /// `bpf_func_id`: the kernel's own list of the helpers it has.
+    pub fn enum_has(&self, name: &str, wanted: &str) -> bool {
+        self.enum_values(name)
+            .is_some_and(|v| v.iter().any(|(n, _)| n == wanted))
+    }
+
+    /// `sizeof(struct name)`.
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        self.btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => u32::try_from(s.size()).ok(),
+                _ => None,
+            })
+    }
+
+    /// Whether the kernel has a function (or any type) of this name.
+    pub fn has_name(&self, name: &str) -> bool {
+        self.has(name)
+    }
+
     /// The layout of `context_tracking.state`, or `None` when the kernel has no context tracking.
     pub fn ct_layout(&self) -> Option<CtLayout> {
         let states = self.enum_values("ctx_state")?;
@@ -259,5 +283,10 @@ mod tests {
         let b = KernelBtf::load(p).unwrap();
         assert!(b.has_tracepoint("sys_enter"));
         assert!(!b.has_tracepoint("no_such_tracepoint_ctx"));
+        assert!(b.enum_has("bpf_func_id", "BPF_FUNC_map_lookup_elem"));
+        assert!(!b.enum_has("bpf_func_id", "BPF_FUNC_no_such_helper_ctx"));
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(b.struct_size("pt_regs"), Some(168));
+        }
     }
 }

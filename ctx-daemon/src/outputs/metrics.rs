@@ -18,6 +18,7 @@ use prometheus::proto::{
 use crate::host::cpuset::CpuSet;
 use crate::model::sweeps::{DURATION_BUCKETS, SweepTotals};
 use crate::model::{Counts, CpuSample, Facts, Sample, Samples};
+use crate::probes::hooks::HookStatus;
 
 /// What does not change while the daemon runs.
 #[derive(Clone, Debug, Default)]
@@ -242,20 +243,28 @@ pub const CATALOGUE: [Def; 23] = [
     ),
     host(
         "ctx_hook_info",
-        "Each kernel hook ctx knows, with its status (attached, reused, absent, failed, skipped, detected).",
+        "Each kernel hook ctx knows, with its status (attached, reused, absent, failed, skipped, detected); a failed one also has its reason, in a few words.",
         GAUGE,
         |f, st, _| {
             let facts = &st.facts;
-            let attached = facts
-                .hooks
-                .iter()
-                .map(|h| (h.group, h.tracepoint, h.status.label()));
-            let detected = facts
-                .detected
-                .iter()
-                .map(|(g, tp, present)| (*g, *tp, if *present { "detected" } else { "absent" }));
-            for (g, h, s) in attached.chain(detected) {
-                f.gauge(&[("group", g), ("hook", h), ("status", s)], 1.0);
+            for h in &facts.hooks {
+                let labels = [
+                    ("group", h.group),
+                    ("hook", h.tracepoint),
+                    ("status", h.status.label()),
+                ];
+                match &h.status {
+                    // Bounded: one reason per hook, at most REASON_MAX characters.
+                    HookStatus::Failed(why) => f.gauge(
+                        &[labels[0], labels[1], ("reason", why.as_str()), labels[2]],
+                        1.0,
+                    ),
+                    _ => f.gauge(&labels, 1.0),
+                }
+            }
+            for (g, tp, present) in &facts.detected {
+                let s = if *present { "detected" } else { "absent" };
+                f.gauge(&[("group", g), ("hook", tp), ("status", s)], 1.0);
             }
         },
     ),
@@ -423,7 +432,6 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::model::{HookFact, Model};
-    use crate::probes::hooks::HookStatus;
     use crate::test_util::{golden, snapshot};
 
     /// A fixed two-CPU sample: CPU 0 on syscalls, CPU 1 `nohz_full` in user with one IPI that
@@ -451,11 +459,18 @@ pub(crate) mod tests {
             nohz_full: "1".parse().unwrap(),
             ct_cpus: "1".parse().unwrap(),
             syscalls_active: true,
-            hooks: vec![HookFact {
-                group: "context_tracking",
-                tracepoint: "user_enter",
-                status: HookStatus::Attached,
-            }],
+            hooks: vec![
+                HookFact {
+                    group: "context_tracking",
+                    tracepoint: "user_enter",
+                    status: HookStatus::Attached,
+                },
+                HookFact {
+                    group: "sched",
+                    tracepoint: "sched_switch",
+                    status: HookStatus::Failed("verifier: invalid func unknown#175".into()),
+                },
+            ],
             detected: vec![("rcu", "rcu_dyntick", false)],
             attached_unix: 1_700_000_000.0,
             ..Facts::default()

@@ -13,13 +13,14 @@ use ctx_common::programs::{
 };
 use ctx_common::record::{ABI_VERSION, Config, LEDGER_GLOBAL_ENTRIES, META_MAGIC, Meta};
 use thiserror::Error;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::host::btf::KernelBtf;
 use crate::host::cpuset::CpuSet;
 use crate::host::system::{self, SysRoot};
 use crate::probes::hooks::{HookReport, HookStatus};
 use crate::probes::pins::{self, check_pinned_meta, link_path, map_path, prepare_pin_dir};
+use crate::probes::verify::{self, LogPlace};
 use crate::probes::{LoadError, LogSource, MapStep, Probes, check_caps, map_err};
 
 /// The eBPF object, built by build.rs.
@@ -61,6 +62,17 @@ pub enum AttachError {
 }
 
 impl AttachError {
+    /// The verifier's log, when the verifier refused the program.
+    pub fn verifier_log(&self) -> Option<String> {
+        match self {
+            Self::Verifier {
+                source: ProgramError::LoadError { verifier_log, .. },
+                ..
+            } => Some(verifier_log.to_string()),
+            _ => None,
+        }
+    }
+
     /// The attach failed with ENOENT: the kernel has no such tracepoint. Without BTF to ask
     /// first, that is how absence shows.
     pub fn no_such_tracepoint(&self) -> bool {
@@ -75,7 +87,7 @@ impl AttachError {
     }
 
     /// The error and its causes on one line, for a hook's status.
-    fn reason(&self) -> String {
+    pub fn reason(&self) -> String {
         let mut s = self.to_string();
         let mut cause = std::error::Error::source(self);
         while let Some(c) = cause {
@@ -92,6 +104,56 @@ pub struct LoadOptions {
     /// Pin maps and links here, reusing whatever is already pinned there.
     pub pin_dir: Option<PathBuf>,
     pub sys: SysRoot,
+    /// The state directory: a refused program's verifier log goes to its `verifier/`
+    /// (`None`: to debug level).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Which program serves `sched:sched_switch` on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchVariant {
+    /// `ctx_sched_switch`: finds the task's user frame with `bpf_task_pt_regs` (5.15 on).
+    TaskPtRegs,
+    /// `ctx_sched_switch_stack`: finds it from `task->stack`, for older kernels.
+    Stack,
+}
+
+impl SwitchVariant {
+    /// The kernel lists its helpers in BTF's `enum bpf_func_id`.
+    pub fn of(btf: &KernelBtf) -> Self {
+        if btf.enum_has("bpf_func_id", "BPF_FUNC_task_pt_regs") {
+            Self::TaskPtRegs
+        } else {
+            Self::Stack
+        }
+    }
+
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::TaskPtRegs => "ctx_sched_switch",
+            Self::Stack => "ctx_sched_switch_stack",
+        }
+    }
+
+    pub fn why(self) -> &'static str {
+        match self {
+            Self::TaskPtRegs => "the kernel has bpf_task_pt_regs",
+            Self::Stack => {
+                "the kernel has no bpf_task_pt_regs (5.15 on): the task's user frame is found \
+                 from task->stack"
+            }
+        }
+    }
+}
+
+/// x86_64's `THREAD_SIZE`, `PAGE_SIZE << (2 + KASAN_STACK_ORDER)`: 16 KiB, 32 KiB with KASAN.
+/// No BTF type has that size on Debian's kernels (`union thread_union` is not emitted), so
+/// KASAN is told by its report function instead. A wrong guess finds no user segment in the
+/// frame and the program falls back to the mode the task left in.
+fn thread_size(btf: &KernelBtf) -> u32 {
+    const PAGE_SIZE: u32 = 4096;
+    let kasan = u32::from(btf.has_name("kasan_report"));
+    PAGE_SIZE << (2 + kasan)
 }
 
 /// What the kernel offers, before anything is loaded.
@@ -103,6 +165,14 @@ struct Detection {
     /// unknown, the program stays inert and is not attached).
     orig_ax_off: u32,
     pid_off: u32,
+    /// `None` without BTF (no `tp_btf` program loads then).
+    switch: Option<SwitchVariant>,
+    /// For the stack variant: `task_struct.stack`, `THREAD_SIZE`, `sizeof(pt_regs)`,
+    /// `pt_regs.cs` (0: unknown).
+    stack_off: u32,
+    thread_size: u32,
+    regs_size: u32,
+    cs_off: u32,
 }
 
 impl Detection {
@@ -118,9 +188,47 @@ impl Detection {
         Self {
             orig_ax_off: offset("pt_regs", "orig_ax").unwrap_or(0),
             pid_off: offset("task_struct", "pid").unwrap_or(0),
+            switch: btf.as_ref().map(SwitchVariant::of),
+            stack_off: offset("task_struct", "stack").unwrap_or(0),
+            thread_size: btf.as_ref().map_or(0, thread_size),
+            regs_size: btf
+                .as_ref()
+                .and_then(|b| b.struct_size("pt_regs"))
+                .unwrap_or(0),
+            cs_off: offset("pt_regs", "cs").unwrap_or(0),
             aya_btf: btf.as_ref().and_then(|_| aya::Btf::from_sys_fs().ok()),
             btf,
         }
+    }
+
+    /// The program that serves hook `h` here.
+    fn program(&self, h: &HookSpec) -> &'static str {
+        match (h.role, self.switch) {
+            (Role::Switches, Some(v)) => v.program(),
+            _ => h.program,
+        }
+    }
+
+    /// Why the switch program cannot work here, if it cannot.
+    fn switch_unusable(&self) -> Option<&'static str> {
+        if self.orig_ax_off == 0 || self.pid_off == 0 {
+            return Some("no pt_regs.orig_ax or task_struct.pid in BTF (x86 only)");
+        }
+        if self.switch == Some(SwitchVariant::Stack)
+            && (self.stack_off == 0 || self.regs_size == 0 || self.cs_off == 0)
+        {
+            return Some("no task_struct.stack, pt_regs.cs or sizeof(pt_regs) in BTF");
+        }
+        None
+    }
+
+    fn set_globals<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        loader.override_global("PT_REGS_ORIG_AX_OFF", &self.orig_ax_off, true);
+        loader.override_global("TASK_PID_OFF", &self.pid_off, true);
+        loader.override_global("TASK_STACK_OFF", &self.stack_off, true);
+        loader.override_global("THREAD_SIZE", &self.thread_size, true);
+        loader.override_global("PT_REGS_SIZE", &self.regs_size, true);
+        loader.override_global("PT_REGS_CS_OFF", &self.cs_off, true);
     }
 
     /// `None`: unknown (no BTF); try attaching.
@@ -132,10 +240,10 @@ impl Detection {
 fn attach_one(
     ebpf: &mut Ebpf,
     h: &HookSpec,
+    program: &'static str,
     pin: Option<&Path>,
     btf: Option<&aya::Btf>,
 ) -> Result<HookStatus, AttachError> {
-    let program = h.program;
     let prog = ebpf
         .program_mut(program)
         .ok_or(AttachError::MissingProgram { program })?;
@@ -178,14 +286,14 @@ fn attach_one(
     Ok(HookStatus::Attached)
 }
 
-fn detach_one(ebpf: &mut Ebpf, h: &HookSpec, pin: Option<&Path>) {
+fn detach_one(ebpf: &mut Ebpf, h: &HookSpec, program: &str, pin: Option<&Path>) {
     if let Some(dir) = pin
         && let Ok(l) = PinnedLink::from_pin(link_path(dir, h.tracepoint))
     {
         let _ = l.unpin();
     }
     // Unloading drops the program's unpinned links too.
-    if let Some(p) = ebpf.program_mut(h.program) {
+    if let Some(p) = ebpf.program_mut(program) {
         match h.kind {
             Kind::RawTracepoint => {
                 if let Ok(p) = <&mut RawTracePoint>::try_from(p) {
@@ -201,8 +309,46 @@ fn detach_one(ebpf: &mut Ebpf, h: &HookSpec, pin: Option<&Path>) {
     }
 }
 
+/// A hook whose program failed: one WARN line with the hook, the reason in a few words and
+/// where the verifier's full log went.
+pub(crate) fn failed(
+    h: &HookSpec,
+    program: &str,
+    e: &AttachError,
+    state_dir: Option<&Path>,
+) -> HookStatus {
+    let hook = format!("{}:{}", h.group, h.tracepoint);
+    match e.verifier_log() {
+        Some(log) => {
+            let reason = verify::reason(&log);
+            let place = verify::write_log(state_dir, program, &log);
+            warn!(
+                hook,
+                program,
+                reason,
+                verifier_log = %place,
+                "the verifier refused the program; the hook is not in use"
+            );
+            if let LogPlace::Debug(_) = place {
+                debug!(hook, program, "verifier log:\n{log}");
+            }
+            HookStatus::Failed(format!("verifier: {reason}"))
+        }
+        None => {
+            let reason = verify::shorten(&e.reason());
+            warn!(hook, program, reason, "the hook is not in use");
+            HookStatus::Failed(reason)
+        }
+    }
+}
+
 /// Reuses each hook's pinned link or attaches it, in table order.
-fn attach_all(ebpf: &mut Ebpf, det: &Detection, pin: Option<&Path>) -> HookReport {
+fn attach_all(
+    ebpf: &mut Ebpf,
+    det: &Detection,
+    pin: Option<&Path>,
+    state_dir: Option<&Path>,
+) -> HookReport {
     let mut report = HookReport::default();
     for h in &HOOKS {
         let reused = pin.is_some_and(|d| PinnedLink::from_pin(link_path(d, h.tracepoint)).is_ok());
@@ -211,14 +357,24 @@ fn attach_all(ebpf: &mut Ebpf, det: &Detection, pin: Option<&Path>) -> HookRepor
         } else {
             match det.tracepoint_exists(h.tracepoint) {
                 Some(false) => HookStatus::Absent,
-                _ if h.role == Role::Switches && (det.orig_ax_off == 0 || det.pid_off == 0) => {
-                    HookStatus::Skipped("no pt_regs.orig_ax or task_struct.pid in BTF (x86 only)")
+                _ if h.role == Role::Switches && det.switch_unusable().is_some() => {
+                    HookStatus::Skipped(det.switch_unusable().unwrap_or_default())
                 }
-                _ => match attach_one(ebpf, h, pin, det.aya_btf.as_ref()) {
-                    Ok(s) => s,
-                    Err(e) if det.btf.is_none() && e.no_such_tracepoint() => HookStatus::Absent,
-                    Err(e) => HookStatus::Failed(e.reason()),
-                },
+                _ => {
+                    let program = det.program(h);
+                    if h.role == Role::Switches
+                        && let Some(v) = det.switch
+                    {
+                        info!(hook = "sched:sched_switch", program, "{}", v.why());
+                    }
+                    match attach_one(ebpf, h, program, pin, det.aya_btf.as_ref()) {
+                        Ok(s) => s,
+                        Err(e) if det.btf.is_none() && e.no_such_tracepoint() => {
+                            HookStatus::Absent
+                        }
+                        Err(e) => failed(h, program, &e, state_dir),
+                    }
+                }
             }
         };
         report.hooks.push((*h, status));
@@ -243,7 +399,7 @@ fn drop_half_pairs(ebpf: &mut Ebpf, report: &mut HookReport, pin: Option<&Path>)
                 hook = h.tracepoint,
                 "detaching: the other half of its pair is unavailable"
             );
-            detach_one(ebpf, h, pin);
+            detach_one(ebpf, h, h.program, pin);
             *s = HookStatus::Skipped("its pair is unavailable");
         }
     }
@@ -334,8 +490,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
     let ncpu = possible.max().map_or(1, |m| m + 1);
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_LEDGER, ncpu + LEDGER_GLOBAL_ENTRIES);
-    loader.override_global("PT_REGS_ORIG_AX_OFF", &det.orig_ax_off, true);
-    loader.override_global("TASK_PID_OFF", &det.pid_off, true);
+    det.set_globals(&mut loader);
     let map_paths: Vec<(&str, PathBuf)> = pin.map_or_else(Vec::new, |dir| {
         MAPS.iter().map(|n| (*n, map_path(dir, n))).collect()
     });
@@ -346,7 +501,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
         .load(OBJECT)
         .map_err(|source| LoadError::Object { source })?;
 
-    let mut report = attach_all(&mut ebpf, &det, pin);
+    let mut report = attach_all(&mut ebpf, &det, pin, opts.state_dir.as_deref());
     drop_half_pairs(&mut ebpf, &mut report, pin);
     if !report.role_active(Role::ContextTracking) && !report.role_active(Role::Syscalls) {
         let detail = report
@@ -386,6 +541,91 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
         ct_layout,
         ct_cpus,
     })
+}
+
+/// What `ctx-daemon --check` found of one hook's program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Loadable {
+    /// The verifier accepted it (nothing was attached).
+    Yes,
+    /// Refused or not loadable; the few words of [`failed`].
+    Failed(String),
+    /// The kernel has no such tracepoint.
+    Absent,
+    Skipped(&'static str),
+}
+
+impl std::fmt::Display for Loadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Yes => f.write_str("loadable"),
+            Self::Failed(why) => write!(f, "failed: {why}"),
+            Self::Absent => f.write_str("absent"),
+            Self::Skipped(why) => write!(f, "skipped: {why}"),
+        }
+    }
+}
+
+/// Loads every hook's program into the kernel (the verifier runs) and attaches none, for
+/// `--check`; each is unloaded again when the result is dropped. Also says which
+/// `sched_switch` program this kernel gets, and why.
+pub fn check(
+    opts: &LoadOptions,
+) -> Result<(Vec<(HookSpec, &'static str, Loadable)>, Option<SwitchVariant>), LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    check_caps(&opts.sys)?;
+    let det = Detection::of(&opts.sys);
+    let mut loader = EbpfLoader::new();
+    det.set_globals(&mut loader);
+    let mut ebpf = loader
+        .load(OBJECT)
+        .map_err(|source| LoadError::Object { source })?;
+    let mut out = Vec::new();
+    for h in &HOOKS {
+        let program = det.program(h);
+        let verdict = match det.tracepoint_exists(h.tracepoint) {
+            Some(false) => Loadable::Absent,
+            _ if h.role == Role::Switches && det.switch_unusable().is_some() => {
+                Loadable::Skipped(det.switch_unusable().unwrap_or_default())
+            }
+            _ => match load_only(&mut ebpf, h, program, det.aya_btf.as_ref()) {
+                Ok(()) => Loadable::Yes,
+                Err(e) => match failed(h, program, &e, opts.state_dir.as_deref()) {
+                    HookStatus::Failed(why) => Loadable::Failed(why),
+                    other => Loadable::Failed(other.to_string()),
+                },
+            },
+        };
+        out.push((*h, program, verdict));
+    }
+    Ok((out, det.switch))
+}
+
+/// Loads one program, attaching nothing.
+fn load_only(
+    ebpf: &mut Ebpf,
+    h: &HookSpec,
+    program: &'static str,
+    btf: Option<&aya::Btf>,
+) -> Result<(), AttachError> {
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or(AttachError::MissingProgram { program })?;
+    let wrong_type = |source| AttachError::WrongType { program, source };
+    let verifier = |source| AttachError::Verifier { program, source };
+    match h.kind {
+        Kind::RawTracepoint => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(wrong_type)?;
+            p.load().map_err(verifier)
+        }
+        Kind::BtfTracepoint => {
+            let btf = btf.ok_or(AttachError::NoBtf { program })?;
+            let p: &mut BtfTracePoint = prog.try_into().map_err(wrong_type)?;
+            p.load(h.tracepoint, btf).map_err(verifier)
+        }
+    }
 }
 
 /// Empty programs attached to every hook ctx would use, for the benchmark's baseline. Dropping

@@ -5,6 +5,7 @@
 //! * [`pins`]: a daemon's pinned maps and links, reused instead of attaching again, and removed
 //!   by `ctx-daemon --detach`.
 //! * [`hooks`]: what became of each hook of the table in `ctx_common::programs`.
+//! * [`verify`]: a refused program's reason in a few words, and its full verifier log on disk.
 //!
 //! Attaching the context_tracking tracepoints text-patches the kernel, which sends IPIs to
 //! every CPU, isolated ones included. So a daemon pins its maps and links under a directory of
@@ -13,6 +14,7 @@
 pub mod attach;
 pub mod hooks;
 pub mod pins;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 

@@ -86,11 +86,20 @@ pub enum Requirement {
     Equals {
         text: String,
     },
+    /// The kernel lacks what the check measures; `reason` says what. Holds only for a
+    /// measurement of [`NOT_APPLICABLE`], so a check cannot pass this way by accident.
+    NotApplicable {
+        reason: String,
+    },
 }
+
+/// What a check measures where its requirement is [`Requirement::NotApplicable`].
+pub const NOT_APPLICABLE: &str = "n/a";
 
 impl Requirement {
     pub fn holds(&self, m: &Measured) -> bool {
         match (self, m) {
+            (Self::NotApplicable { .. }, Measured::Text { text }) => text == NOT_APPLICABLE,
             (Self::AtLeast { min }, Measured::Value { value, .. }) => value >= min,
             (Self::Above { min }, Measured::Value { value, .. }) => value > min,
             (Self::AtMost { max, .. }, Measured::Value { value, .. }) => value <= max,
@@ -144,6 +153,7 @@ impl fmt::Display for Requirement {
                 of,
             } => write!(f, "{} ± {} ({of})", num(*target), num(*tolerance)),
             Self::Equals { text } => write!(f, "= {text}"),
+            Self::NotApplicable { reason } => write!(f, "n/a: {reason}"),
         }
     }
 }
@@ -196,6 +206,23 @@ impl Check {
             name,
             Measured::error(error),
             Requirement::equals("no error"),
+        )
+    }
+
+    /// A check the kernel cannot have (no context tracking, say): reported, with the reason,
+    /// instead of failing.
+    pub fn not_applicable(
+        scenario: u8,
+        name: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::new(
+            scenario,
+            name,
+            Measured::text(NOT_APPLICABLE),
+            Requirement::NotApplicable {
+                reason: reason.into(),
+            },
         )
     }
 

@@ -143,6 +143,7 @@ pub const INITRAMFS: Suite = Suite {
         Scenario::on_every_kernel(6, "no disturbance"),
         Scenario::on_every_kernel(7, "hotplug"),
         Scenario::on_every_kernel(8, "housekeeping"),
+        Scenario::on_every_kernel(9, "shared CPU"),
     ],
     checks: &[],
 };
@@ -195,6 +196,16 @@ pub mod live {
 
     /// Where the guest listens, during the live window, for the host's `GET /done`.
     pub const POKE_PORT: u16 = 10978;
+}
+
+/// Kernel command-line parameter the host adds for a kernel without `NO_HZ_FULL`
+/// (`ctx.vm.nohz=none`): the guests then expect every CPU on ctx's syscall fallback, and report
+/// what needs context tracking as n/a.
+pub const NOHZ_PARAM: &str = "ctx.vm.nohz";
+
+/// Whether a kernel command line says the kernel has no `nohz_full` (see [`NOHZ_PARAM`]).
+pub fn no_nohz_full(cmdline: &str) -> bool {
+    kernel_param(cmdline, NOHZ_PARAM) == Some("none")
 }
 
 /// The value of `name=VALUE` on a kernel command line.

@@ -27,9 +27,11 @@ pub struct KernelSpec {
 impl KernelSpec {
     /// What this kernel adds to every boot's command line.
     pub fn params(&self) -> Vec<String> {
-        self.nohz_full
-            .map(|cpus| vec![format!("nohz_full={cpus}"), format!("rcu_nocbs={cpus}")])
-            .unwrap_or_default()
+        match self.nohz_full {
+            Some(cpus) => vec![format!("nohz_full={cpus}"), format!("rcu_nocbs={cpus}")],
+            // Tells the guests what to expect, since no kernel file says "none was asked for".
+            None => vec![format!("{}=none", ctx_vm_proto::suite::NOHZ_PARAM)],
+        }
     }
 
     /// The row named `name`.
@@ -39,7 +41,7 @@ impl KernelSpec {
 }
 
 /// Every kernel `--kernel all` boots, in order.
-pub const KERNELS: [KernelSpec; 3] = [
+pub const KERNELS: [KernelSpec; 4] = [
     KernelSpec {
         name: "bookworm",
         series: "6.1",
@@ -54,6 +56,13 @@ pub const KERNELS: [KernelSpec; 3] = [
         name: "sid",
         series: "7.x",
         nohz_full: Some("1-3"),
+    },
+    // Debian's 5.10 cloud config has no NO_HZ_FULL: every CPU runs on the syscall fallback,
+    // which this row exists to prove on the oldest kernel ctx supports.
+    KernelSpec {
+        name: "bullseye",
+        series: "5.10",
+        nohz_full: None,
     },
 ];
 
