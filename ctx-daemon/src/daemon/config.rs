@@ -199,6 +199,10 @@ mod tests {
         let s = resolve(&FlagConfig::default(), None, p).unwrap();
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
         assert!(s.housekeeping_affinity);
+        assert_eq!(s.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        let file = parse_file("state_dir = \"/srv/ctx\"\n", p).unwrap();
+        let s = resolve(&FlagConfig::default(), Some(&file), p).unwrap();
+        assert_eq!(s.state_dir, PathBuf::from("/srv/ctx"));
     }
 
     #[test]

@@ -710,6 +710,21 @@ mod tests {
         })
     }
 
+    /// The host kernel (6.18) has `bpf_task_pt_regs` and no KASAN.
+    #[test]
+    fn switch_variant_and_thread_size_from_host_btf() {
+        let Ok(b) = KernelBtf::load(Path::new("/sys/kernel/btf/vmlinux")) else {
+            eprintln!("skipped: no readable /sys/kernel/btf/vmlinux on this host");
+            return;
+        };
+        assert_eq!(SwitchVariant::of(&b), SwitchVariant::TaskPtRegs);
+        assert_eq!(SwitchVariant::of(&b).program(), "ctx_sched_switch");
+        if cfg!(target_arch = "x86_64") && !b.has_name("kasan_report") {
+            assert_eq!(thread_size(&b), 16384);
+        }
+        assert!(SwitchVariant::Stack.why().contains("no bpf_task_pt_regs"));
+    }
+
     #[test]
     fn absence_is_told_by_errno_not_by_message() {
         let attach = |source| AttachError::Attach {

@@ -252,18 +252,33 @@ fn ipi_row(row: &str, stopped: &Window, sampling: &Window) -> Check {
 
 /// Part of setup: every hook in ctx's table was attached by the daemon.
 fn hooks_check(rep: &Report) -> Check {
-    let reused = rep.hooks.iter().filter(|h| h.status == "reused").count() as u64;
+    // Without NO_HZ_FULL the kernel has no context_tracking tracepoints, which the daemon
+    // reports absent; every other hook must be attached.
+    let expected = |group: &str| !(fallback() && group == "context_tracking");
+    let reused = rep
+        .hooks
+        .iter()
+        .filter(|h| h.status == "reused" && expected(&h.group))
+        .count() as u64;
     let missing: Vec<String> = rep
         .hooks
         .iter()
         .filter(|h| h.status != "reused")
         .map(|h| format!("{}:{} {}", h.group, h.tracepoint, h.status))
         .collect();
+    let want = rep.hooks.iter().filter(|h| expected(&h.group)).count() as u64;
     let c = Check::new(
         0,
         "hooks attached by ctx-daemon",
         Measured::count(reused, "hooks"),
-        Requirement::exactly(rep.hooks.len() as u64, "hooks in ctx's table"),
+        Requirement::exactly(
+            want,
+            if fallback() {
+                "hooks in ctx's table but context tracking's"
+            } else {
+                "hooks in ctx's table"
+            },
+        ),
     );
     if missing.is_empty() {
         c
@@ -681,26 +696,30 @@ pub fn kernel_bound(load: &mut Load) -> anyhow::Result<Vec<Check>> {
     ])
 }
 
-/// Scenario 9, where a CPU is on the syscall fallback: a user spinner and a `getppid()` loop
-/// share CPU 1, so the spinner is preempted in user mode and resumes there without a
-/// `sys_exit`, which only the context-switch program tells ctx. ctx's user share against
-/// /proc/stat's over the same 3 s (tick-sampled there, so within 10 points).
+/// Scenario 9, where a CPU is on the syscall fallback: a user spinner and a /dev/zero reader
+/// share CPU 1, and the scheduler switches between them mid-syscall and mid-spin. Each resumes
+/// in its own mode without a syscall boundary, which only the context-switch program tells ctx.
+/// ctx's user share against /proc/stat's over the same 3 s (tick-sampled there, so within 10
+/// points). Long reads, not a `getppid()` loop: with millions of short syscalls /proc/stat's
+/// ticks also land in the entry and exit paths outside `sys_enter`..`sys_exit`, which the
+/// fallback counts as user (77.93 % against 53.67 % on 5.10), and that is not what this
+/// scenario measures.
 pub fn shared_cpu() -> anyhow::Result<Vec<Check>> {
     const CPU: u32 = IDLE_CPU;
     if !fallback() {
         return Ok(vec![Check::not_applicable(
             9,
-            "CPU 1 user share vs /proc/stat, spinner sharing it with a syscall loop",
+            "CPU 1 user share vs /proc/stat, spinner sharing it with a /dev/zero reader",
             "CPUs 1-3 run context tracking here; the fallback runs on CPU 0 only, where ctxtop \
              samples",
         )]);
     }
-    say!("[9] spinner and a getppid() loop both on CPU {CPU}; ctxtop for 3 s");
+    say!("[9] spinner and a /dev/zero reader both on CPU {CPU}; ctxtop for 3 s");
     let _spin = Worker::start("spin-shared", &["spin", "--cpu", "1"], Duration::from_secs(60))?;
-    let _sys = Worker::start(
-        "syscalls-shared",
-        &["syscalls", "--cpu", "1", "--ms", "6000"],
-        Duration::from_secs(60),
+    let _reader = Worker::start(
+        "read-zero-shared",
+        &["read-zero", "--cpu", "1", "--mib", "64"],
+        Duration::from_secs(120),
     )?;
     sleep_ms(500);
     let t0 = CpuTimes::read(CPU)?;
@@ -723,7 +742,7 @@ pub fn shared_cpu() -> anyhow::Result<Vec<Check>> {
     Ok(vec![
         Check::new(
             9,
-            "CPU 1 user share vs /proc/stat, spinner sharing it with a syscall loop",
+            "CPU 1 user share vs /proc/stat, spinner sharing it with a /dev/zero reader",
             Measured::value(pct.user, "%"),
             Requirement::Within {
                 target: stat,

@@ -29,8 +29,15 @@ impl KernelSpec {
     pub fn params(&self) -> Vec<String> {
         match self.nohz_full {
             Some(cpus) => vec![format!("nohz_full={cpus}"), format!("rcu_nocbs={cpus}")],
-            // Tells the guests what to expect, since no kernel file says "none was asked for".
-            None => vec![format!("{}=none", ctx_vm_proto::suite::NOHZ_PARAM)],
+            // CPUs 1-3 still leave the scheduler's domains, as a latency-minded host without
+            // NO_HZ_FULL would do: otherwise every tick of a busy CPU 0 may send an idle one
+            // the idle-balance kick (`kick_ilb()`, a call-function IPI) whatever ctx does, and
+            // the no-disturbance scenario measures the scheduler. The second parameter tells
+            // the guests what to expect, since no kernel file says "none was asked for".
+            None => vec![
+                "isolcpus=1-3".to_owned(),
+                format!("{}=none", ctx_vm_proto::suite::NOHZ_PARAM),
+            ],
         }
     }
 
