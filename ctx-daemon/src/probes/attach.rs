@@ -118,7 +118,19 @@ pub enum SwitchVariant {
     Stack,
 }
 
+/// Names the `sched_switch` program to load instead of the one BTF chose, to compare them or to
+/// see why one is refused (`ctx-daemon --check`).
+pub const SWITCH_PROGRAM_ENV: &str = "CTX_SCHED_SWITCH_PROGRAM";
+
 impl SwitchVariant {
+    /// The one [`SWITCH_PROGRAM_ENV`] names, if set to a program name.
+    pub fn forced() -> Option<Self> {
+        let v = std::env::var(SWITCH_PROGRAM_ENV).ok()?;
+        [Self::TaskPtRegs, Self::Stack]
+            .into_iter()
+            .find(|s| s.program() == v)
+    }
+
     /// The kernel lists its helpers in BTF's `enum bpf_func_id`.
     pub fn of(btf: &KernelBtf) -> Self {
         if btf.enum_has("bpf_func_id", "BPF_FUNC_task_pt_regs") {
@@ -136,6 +148,9 @@ impl SwitchVariant {
     }
 
     pub fn why(self) -> &'static str {
+        if Self::forced() == Some(self) {
+            return "named by CTX_SCHED_SWITCH_PROGRAM";
+        }
         match self {
             Self::TaskPtRegs => "the kernel has bpf_task_pt_regs",
             Self::Stack => {
@@ -188,7 +203,9 @@ impl Detection {
         Self {
             orig_ax_off: offset("pt_regs", "orig_ax").unwrap_or(0),
             pid_off: offset("task_struct", "pid").unwrap_or(0),
-            switch: btf.as_ref().map(SwitchVariant::of),
+            switch: btf
+                .as_ref()
+                .map(|b| SwitchVariant::forced().unwrap_or_else(|| SwitchVariant::of(b))),
             stack_off: offset("task_struct", "stack").unwrap_or(0),
             thread_size: btf.as_ref().map_or(0, thread_size),
             regs_size: btf

@@ -128,6 +128,58 @@ fn start_daemon(checks: &mut Vec<Check>) -> anyhow::Result<Proc> {
     Ok(d)
 }
 
+/// `ctx-daemon --check` beside the running daemon: every hook's program through the verifier,
+/// none attached; none may fail. On a kernel without `bpf_task_pt_regs` it runs once more
+/// with the helper's program forced, for the refusal's one line and its log file in the
+/// console.
+fn check_programs() -> anyhow::Result<Vec<Check>> {
+    const STATE: &str = "/run/ctx-state";
+    let run = |force: Option<&str>| -> anyhow::Result<String> {
+        let mut cmd = std::process::Command::new(CTX_DAEMON);
+        cmd.args(["--check", "--pin-dir", PIN_DIR, "--state-dir", STATE]);
+        if let Some(p) = force {
+            cmd.env(ctx::probes::attach::SWITCH_PROGRAM_ENV, p);
+        }
+        let out = cmd.output().context("running ctx-daemon --check")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for l in text.lines() {
+            say!("[check{}] {l}", force.map_or(String::new(), |p| format!(" {p}")));
+        }
+        if !out.status.success() {
+            bail!("ctx-daemon --check failed ({})", out.status);
+        }
+        Ok(text)
+    };
+    let text = run(None)?;
+    let hooks: Vec<&str> = text.lines().filter(|l| l.starts_with("hook ")).collect();
+    let failed: Vec<&str> = hooks.iter().copied().filter(|l| l.contains(": failed")).collect();
+    let loadable = hooks.iter().filter(|l| l.ends_with(": loadable")).count();
+    if text.contains("ctx_sched_switch_stack") {
+        run(Some("ctx_sched_switch"))?;
+        let log = format!("{STATE}/verifier/ctx_sched_switch.log");
+        if let Ok(l) = sys::read(&log) {
+            say!("[check] {log}: {} lines", l.lines().count());
+        }
+    }
+    Ok(vec![
+        Check::new(
+            0,
+            "ctx-daemon --check: programs failed",
+            Measured::count(failed.len() as u64, "programs"),
+            Requirement::exactly(0, "none"),
+        )
+        .note(if failed.is_empty() {
+            format!("{loadable} loadable")
+        } else {
+            failed.join("; ")
+        }),
+    ])
+}
+
 fn teardown(mut daemon: Proc) -> anyhow::Result<Vec<Check>> {
     daemon.signal(libc::SIGTERM)?;
     daemon.wait_timeout(Duration::from_secs(30))?;
@@ -167,6 +219,7 @@ fn run() -> Vec<Check> {
             return checks;
         }
     };
+    add(&mut checks, &[0], "ctx-daemon --check", check_programs());
     let probe = match Probe::open() {
         Ok(p) => p,
         Err(e) => {
