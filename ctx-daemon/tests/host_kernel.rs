@@ -369,7 +369,8 @@ fn ctx_sched_switch_skipped_without_btf() {
         pin_dir: None,
         sys,
         state_dir: None,
-    }).unwrap();
+    })
+    .unwrap();
     let _ = std::fs::remove_dir_all(&root);
     assert!(p.hooks.status("sys_enter").unwrap().active());
     assert!(!p.hooks.status("sched_switch").unwrap().active());

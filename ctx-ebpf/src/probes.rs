@@ -236,11 +236,11 @@ pub fn ctx_sched_switch(ctx: BtfTracePointContext) -> u32 {
     })
 }
 
-/// The same for kernels before 5.15, which have no `bpf_task_pt_regs`: the frame is where x86_64's
-/// `task_pt_regs()` puts it, the last `struct pt_regs` below the top of the task's stack
-/// (`task->stack + THREAD_SIZE`; x86_64 has no top-of-stack padding). The loader gives
-/// `THREAD_SIZE` and the sizes and offsets from BTF. Reading a wrong place cannot crash (probe
-/// reads), and a frame whose `cs` is not a user segment (CPL 3) counts as no user frame.
+/// The same for kernels before 5.15, which have no `bpf_task_pt_regs`: the frame is where
+/// x86-64's `task_pt_regs()` puts it, the last `struct pt_regs` below the top of the task's
+/// stack (`task->stack + THREAD_SIZE`, with no top-of-stack padding on x86-64). The loader
+/// gives `THREAD_SIZE` and the sizes and offsets from BTF. Reading a wrong place cannot crash
+/// (probe reads), and a frame whose `cs` is not a user segment (CPL 3) counts as no user frame.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn ctx_sched_switch_stack(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: globals the loader sets; volatile so the compiler cannot fold them to zero.

@@ -54,12 +54,12 @@ fn kernel_choices() -> PossibleValuesParser {
 #[derive(Debug, clap::Args)]
 pub struct Options {
     /// Debian suite whose current cloud kernel to boot: bookworm (6.1), trixie (6.12), sid
-    /// (7.x), bullseye (5.10, no nohz_full), or all of them.
+    /// (7.x), bullseye (5.10, every CPU on the syscall fallback), or all of them.
     #[arg(long, default_value = "all", value_parser = kernel_choices())]
     kernel: String,
     /// Which tests to run on each kernel: the initramfs scenarios, the systemd run, or both.
     /// The systemd run checks ctx from the host with Prometheus, the rules and the dashboard
-    /// on the first kernel with nohz_full, and with one scrape on the others.
+    /// on the first kernel with isolated CPUs, and with one scrape on the others.
     #[arg(long, value_enum, default_value_t = Tests::All)]
     suite: Tests,
     /// Keep the work directory (initramfs, console logs) even when everything passed.

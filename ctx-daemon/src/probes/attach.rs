@@ -161,7 +161,7 @@ impl SwitchVariant {
     }
 }
 
-/// x86_64's `THREAD_SIZE`, `PAGE_SIZE << (2 + KASAN_STACK_ORDER)`: 16 KiB, 32 KiB with KASAN.
+/// The `THREAD_SIZE` of x86-64, `PAGE_SIZE << (2 + KASAN_STACK_ORDER)`: 16 KiB, 32 KiB with KASAN.
 /// No BTF type has that size on Debian's kernels (`union thread_union` is not emitted), so
 /// KASAN is told by its report function instead. A wrong guess finds no user segment in the
 /// frame and the program falls back to the mode the task left in.
@@ -335,27 +335,24 @@ pub(crate) fn failed(
     state_dir: Option<&Path>,
 ) -> HookStatus {
     let hook = format!("{}:{}", h.group, h.tracepoint);
-    match e.verifier_log() {
-        Some(log) => {
-            let reason = verify::reason(&log);
-            let place = verify::write_log(state_dir, program, &log);
-            warn!(
-                hook,
-                program,
-                reason,
-                verifier_log = %place,
-                "the verifier refused the program; the hook is not in use"
-            );
-            if let LogPlace::Debug(_) = place {
-                debug!(hook, program, "verifier log:\n{log}");
-            }
-            HookStatus::Failed(format!("verifier: {reason}"))
+    if let Some(log) = e.verifier_log() {
+        let reason = verify::reason(&log);
+        let place = verify::write_log(state_dir, program, &log);
+        warn!(
+            hook,
+            program,
+            reason,
+            verifier_log = %place,
+            "the verifier refused the program; the hook is not in use"
+        );
+        if let LogPlace::Debug(_) = place {
+            debug!(hook, program, "verifier log:\n{log}");
         }
-        None => {
-            let reason = verify::shorten(&e.reason());
-            warn!(hook, program, reason, "the hook is not in use");
-            HookStatus::Failed(reason)
-        }
+        HookStatus::Failed(format!("verifier: {reason}"))
+    } else {
+        let reason = verify::shorten(&e.reason());
+        warn!(hook, program, reason, "the hook is not in use");
+        HookStatus::Failed(reason)
     }
 }
 
@@ -386,9 +383,7 @@ fn attach_all(
                     }
                     match attach_one(ebpf, h, program, pin, det.aya_btf.as_ref()) {
                         Ok(s) => s,
-                        Err(e) if det.btf.is_none() && e.no_such_tracepoint() => {
-                            HookStatus::Absent
-                        }
+                        Err(e) if det.btf.is_none() && e.no_such_tracepoint() => HookStatus::Absent,
                         Err(e) => failed(h, program, &e, state_dir),
                     }
                 }
@@ -583,12 +578,17 @@ impl std::fmt::Display for Loadable {
     }
 }
 
+/// Each hook with the program that serves it here and what `--check` found; and the
+/// `sched_switch` program this kernel gets (`None` without BTF).
+pub type Checked = (
+    Vec<(HookSpec, &'static str, Loadable)>,
+    Option<SwitchVariant>,
+);
+
 /// Loads every hook's program into the kernel (the verifier runs) and attaches none, for
 /// `--check`; each is unloaded again when the result is dropped. Also says which
 /// `sched_switch` program this kernel gets, and why.
-pub fn check(
-    opts: &LoadOptions,
-) -> Result<(Vec<(HookSpec, &'static str, Loadable)>, Option<SwitchVariant>), LoadError> {
+pub fn check(opts: &LoadOptions) -> Result<Checked, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }

@@ -40,7 +40,9 @@ fn is_noise(line: &str) -> bool {
         || starts_with_insn
         || l.starts_with(';')
         || l.split_whitespace().next().is_some_and(|t| {
-            t.starts_with('R') && t.chars().nth(1).is_some_and(|c| c.is_ascii_digit()) && t.contains('=')
+            t.starts_with('R')
+                && t.chars().nth(1).is_some_and(|c| c.is_ascii_digit())
+                && t.contains('=')
         })
         || l.starts_with("from ")
         || l.starts_with("func#")
@@ -140,7 +142,10 @@ mod tests {
         let place = write_log(Some(&dir), "ctx_sched_switch", LOG_5_10);
         let file = dir.join("verifier/ctx_sched_switch.log");
         assert_eq!(place, LogPlace::File(file.clone()));
-        assert_eq!(std::fs::read_to_string(&file).ok().as_deref(), Some(LOG_5_10));
+        assert_eq!(
+            std::fs::read_to_string(&file).ok().as_deref(),
+            Some(LOG_5_10)
+        );
         let _ = std::fs::remove_dir_all(&dir);
         let blocked = write_log(Some(Path::new("/proc/ctx-no")), "p", "log");
         assert!(

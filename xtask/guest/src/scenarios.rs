@@ -55,7 +55,11 @@ pub fn fallback() -> bool {
 
 /// The hook source CPUs 1-3 must report.
 fn isolated_source() -> &'static str {
-    if fallback() { "syscalls" } else { "context_tracking" }
+    if fallback() {
+        "syscalls"
+    } else {
+        "context_tracking"
+    }
 }
 
 fn sleep_ms(ms: u64) {
@@ -557,26 +561,24 @@ pub fn user_idle_housekeeping() -> anyhow::Result<Vec<Check>> {
     };
     if fallback() {
         checks.push(
-            Check::not_applicable(1, "CPU 2 samples with verdict deferrable", NO_CT).note(
-                format!(
-                    "a deferrable verdict needs context tracking; {} deferrable, {} quiesced, \
+            Check::not_applicable(1, "CPU 2 samples with verdict deferrable", NO_CT).note(format!(
+                "a deferrable verdict needs context tracking; {} deferrable, {} quiesced, \
                      {} ipi_needed of {n}",
-                    c.samples.deferrable, c.samples.quiesced, c.samples.ipi_needed
-                ),
-            ),
+                c.samples.deferrable, c.samples.quiesced, c.samples.ipi_needed
+            )),
         );
     } else {
         checks.push(
-        Check::new(
-            1,
-            "CPU 2 samples with verdict deferrable",
-            share,
-            Requirement::at_least(95.0),
-        )
-        .note(format!(
-            "{} of {n} samples deferrable, {} quiesced, {} ipi_needed",
-            c.samples.deferrable, c.samples.quiesced, c.samples.ipi_needed
-        )),
+            Check::new(
+                1,
+                "CPU 2 samples with verdict deferrable",
+                share,
+                Requirement::at_least(95.0),
+            )
+            .note(format!(
+                "{} of {n} samples deferrable, {} quiesced, {} ipi_needed",
+                c.samples.deferrable, c.samples.quiesced, c.samples.ipi_needed
+            )),
         );
     }
 
@@ -715,7 +717,11 @@ pub fn shared_cpu() -> anyhow::Result<Vec<Check>> {
         )]);
     }
     say!("[9] spinner and a /dev/zero reader both on CPU {CPU}; ctxtop for 3 s");
-    let _spin = Worker::start("spin-shared", &["spin", "--cpu", "1"], Duration::from_secs(60))?;
+    let _spin = Worker::start(
+        "spin-shared",
+        &["spin", "--cpu", "1"],
+        Duration::from_secs(60),
+    )?;
     let _reader = Worker::start(
         "read-zero-shared",
         &["read-zero", "--cpu", "1", "--mib", "64"],

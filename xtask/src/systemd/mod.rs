@@ -2,7 +2,7 @@
 //! systemd as PID 1 and ctx installed as `cargo xtask install` installs it, and
 //! `ctx-sysvm-check`, a service of the image, proves the unit's promises from inside. While the
 //! guest holds its live window open, the host scrapes ctx through qemu's port forward: on the
-//! first kernel of the run with nohz_full CPUs with Debian's Prometheus, the shipped rules and
+//! first kernel of the run with `nohz_full` CPUs with Debian's Prometheus, the shipped rules and
 //! every dashboard query ([`live::check`]), on the others with one scrape ([`live::quick`]).
 //!
 //! The initramfs is three newc archives back to back, which the kernel unpacks in turn:

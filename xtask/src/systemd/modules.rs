@@ -26,8 +26,8 @@ const NET_MODULES: [&str; 8] = [
     "virtio_pci_legacy_dev",
 ];
 
-/// Libraries split out of virtio_pci in 5.14 and 5.15: older kernels (5.10) have neither, and
-/// virtio_pci holds their code.
+/// Libraries split out of `virtio_pci` in 5.14 and 5.15: older kernels (5.10) have neither, and
+/// `virtio_pci` holds their code.
 const SPLIT_OUT: [&str; 2] = ["virtio_pci_modern_dev", "virtio_pci_legacy_dev"];
 
 /// What the names of the module archives start with.

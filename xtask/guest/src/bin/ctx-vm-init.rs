@@ -147,7 +147,10 @@ fn check_programs() -> anyhow::Result<Vec<Check>> {
             String::from_utf8_lossy(&out.stderr)
         );
         for l in text.lines() {
-            say!("[check{}] {l}", force.map_or(String::new(), |p| format!(" {p}")));
+            say!(
+                "[check{}] {l}",
+                force.map_or(String::new(), |p| format!(" {p}"))
+            );
         }
         if !out.status.success() {
             bail!("ctx-daemon --check failed ({})", out.status);
@@ -156,7 +159,11 @@ fn check_programs() -> anyhow::Result<Vec<Check>> {
     };
     let text = run(None)?;
     let hooks: Vec<&str> = text.lines().filter(|l| l.starts_with("hook ")).collect();
-    let failed: Vec<&str> = hooks.iter().copied().filter(|l| l.contains(": failed")).collect();
+    let failed: Vec<&str> = hooks
+        .iter()
+        .copied()
+        .filter(|l| l.contains(": failed"))
+        .collect();
     let loadable = hooks.iter().filter(|l| l.ends_with(": loadable")).count();
     if text.contains("ctx_sched_switch_stack") {
         run(Some("ctx_sched_switch"))?;
