@@ -142,9 +142,9 @@ pub fn router_at(shared: Arc<Shared>, telemetry_path: &str) -> Router {
         .route("/healthz", get(healthz))
         .route(
             "/",
-            get(move || async move {
-                ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page)
-            }),
+            get(
+                move || async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page) },
+            ),
         )
         .layer(CompressionLayer::new().gzip(true))
         .with_state(shared)
@@ -250,7 +250,14 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_with(listener, app, limits, Arc::new(WebConfig::plain()), shutdown).await;
+    serve_with(
+        listener,
+        app,
+        limits,
+        Arc::new(WebConfig::plain()),
+        shutdown,
+    )
+    .await;
 }
 
 /// [`serve`] under a web configuration (TLS, basic auth, headers: `--web.config.file`).

@@ -124,6 +124,93 @@ fn version(field: &'static str, v: Option<&String>, default: u8) -> Result<u8, F
     }
 }
 
+/// `min_version..=max_version`, of what rustls offers.
+fn versions(t: &TlsDoc) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, Failed> {
+    let lo = version("min_version", t.min_version.as_ref(), 12)?;
+    let hi = version("max_version", t.max_version.as_ref(), 13)?;
+    if hi < 12 {
+        return Err(invalid(
+            "max_version",
+            "TLS 1.0 and 1.1 are not offered (rustls has TLS12 and TLS13 only)",
+        ));
+    }
+    if lo > hi {
+        return Err(invalid("min_version", "above max_version"));
+    }
+    // A minimum of TLS10/TLS11 is kept as TLS12: stricter than asked, never looser.
+    Ok(
+        [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| (lo.max(12)..=hi).contains(v))
+            .map(|(_, p)| p)
+            .collect(),
+    )
+}
+
+/// The `client_auth_type` policy, with the client CA where it verifies against one.
+fn client_verifier(
+    t: &TlsDoc,
+    ca: Option<(String, Vec<u8>)>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, Failed> {
+    let auth = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
+    let roots = |ca: Option<(String, Vec<u8>)>| -> Result<Arc<RootCertStore>, Failed> {
+        let Some((what, pem)) = ca else {
+            return Err(invalid(
+                "client_ca_file",
+                format!("missing: client_auth_type {auth} verifies against it"),
+            ));
+        };
+        let mut store = RootCertStore::empty();
+        for c in certs("client_ca_file", &what, &pem)? {
+            store
+                .add(c)
+                .map_err(|e| ("client_ca_file", TlsError::Rustls(e)))?;
+        }
+        Ok(Arc::new(store))
+    };
+    Ok(match auth {
+        "" | "NoClientCert" => {
+            if ca.is_some() {
+                return Err(invalid(
+                    "client_ca_file",
+                    "a client CA is configured without a client_auth_type policy (use \
+                     RequireAndVerifyClientCert)",
+                ));
+            }
+            None
+        }
+        "RequestClientCert" => Some(Arc::new(AnyCert {
+            mandatory: false,
+            provider: Arc::clone(provider),
+        })),
+        "RequireAnyClientCert" | "RequireClientCert" => Some(Arc::new(AnyCert {
+            mandatory: true,
+            provider: Arc::clone(provider),
+        })),
+        "VerifyClientCertIfGiven" => Some(
+            WebPkiClientVerifier::builder_with_provider(roots(ca)?, Arc::clone(provider))
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| ("client_ca_file", TlsError::Verifier(e)))?,
+        ),
+        "RequireAndVerifyClientCert" => Some(
+            WebPkiClientVerifier::builder_with_provider(roots(ca)?, Arc::clone(provider))
+                .build()
+                .map_err(|e| ("client_ca_file", TlsError::Verifier(e)))?,
+        ),
+        other => {
+            return Err(invalid(
+                "client_auth_type",
+                format!(
+                    "unknown {other:?} (use NoClientCert, RequestClientCert, \
+                     RequireAnyClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert)"
+                ),
+            ));
+        }
+    })
+}
+
 /// The rustls server configuration `t` asks for; `None` when it names no certificate
 /// (plain HTTP). Files read are added to `files`, to be watched for changes.
 pub(crate) fn server_config(
@@ -191,84 +278,9 @@ pub(crate) fn server_config(
         )
     })?;
 
-    let lo = version("min_version", t.min_version.as_ref(), 12)?;
-    let hi = version("max_version", t.max_version.as_ref(), 13)?;
-    if hi < 12 {
-        return Err(invalid(
-            "max_version",
-            "TLS 1.0 and 1.1 are not offered (rustls has TLS12 and TLS13 only)",
-        ));
-    }
-    if lo > hi {
-        return Err(invalid("min_version", "above max_version"));
-    }
-    // A minimum of TLS10/TLS11 is kept as TLS12: stricter than asked, never looser.
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
-        (12, &rustls::version::TLS12),
-        (13, &rustls::version::TLS13),
-    ]
-    .into_iter()
-    .filter(|(v, _)| (lo.max(12)..=hi).contains(v))
-    .map(|(_, p)| p)
-    .collect();
-
+    let versions = versions(t)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let auth = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
-    let roots = |ca: Option<(String, Vec<u8>)>| -> Result<Arc<RootCertStore>, Failed> {
-        let Some((what, pem)) = ca else {
-            return Err(invalid(
-                "client_ca_file",
-                format!("missing: client_auth_type {auth} verifies against it"),
-            ));
-        };
-        let mut store = RootCertStore::empty();
-        for c in certs("client_ca_file", &what, &pem)? {
-            store
-                .add(c)
-                .map_err(|e| ("client_ca_file", TlsError::Rustls(e)))?;
-        }
-        Ok(Arc::new(store))
-    };
-    let verifier: Option<Arc<dyn ClientCertVerifier>> = match auth {
-        "" | "NoClientCert" => {
-            if ca.is_some() {
-                return Err(invalid(
-                    "client_ca_file",
-                    "a client CA is configured without a client_auth_type policy (use \
-                     RequireAndVerifyClientCert)",
-                ));
-            }
-            None
-        }
-        "RequestClientCert" => Some(Arc::new(AnyCert {
-            mandatory: false,
-            provider: Arc::clone(&provider),
-        })),
-        "RequireAnyClientCert" | "RequireClientCert" => Some(Arc::new(AnyCert {
-            mandatory: true,
-            provider: Arc::clone(&provider),
-        })),
-        "VerifyClientCertIfGiven" => Some(
-            WebPkiClientVerifier::builder_with_provider(roots(ca)?, Arc::clone(&provider))
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| ("client_ca_file", TlsError::Verifier(e)))?,
-        ),
-        "RequireAndVerifyClientCert" => Some(
-            WebPkiClientVerifier::builder_with_provider(roots(ca)?, Arc::clone(&provider))
-                .build()
-                .map_err(|e| ("client_ca_file", TlsError::Verifier(e)))?,
-        ),
-        other => {
-            return Err(invalid(
-                "client_auth_type",
-                format!(
-                    "unknown {other:?} (use NoClientCert, RequestClientCert, \
-                     RequireAnyClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert)"
-                ),
-            ));
-        }
-    };
+    let verifier = client_verifier(t, ca, &provider)?;
     let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)
         .map_err(|e| ("min_version", TlsError::Rustls(e)))?;
@@ -283,7 +295,7 @@ pub(crate) fn server_config(
     Ok(Some(TlsAcceptor::from(Arc::new(cfg))))
 }
 
-/// The toolkit's RequestClientCert and RequireAnyClientCert: a certificate is asked for (or
+/// The toolkit's `RequestClientCert` and `RequireAnyClientCert`: a certificate is asked for (or
 /// required) but not checked against a CA; the client still proves it holds its key.
 #[derive(Debug)]
 struct AnyCert {

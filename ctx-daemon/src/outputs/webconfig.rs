@@ -1,5 +1,5 @@
 //! `--web.config.file`: the Prometheus exporter toolkit's web configuration (the YAML that
-//! node_exporter reads): TLS, basic auth and extra response headers.
+//! `node_exporter` reads): TLS, basic auth and extra response headers.
 //!
 //! The file and the files it names are checked for changes at most once a second, on request,
 //! and reloaded when they change. A file that no longer loads is refused with a log line and
@@ -79,7 +79,7 @@ pub(crate) struct TlsDoc {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HttpDoc {
-    /// ctx serves HTTP/1.1 only; the key is accepted so node_exporter's files load.
+    /// ctx serves HTTP/1.1 only; the key is accepted so `node_exporter`'s files load.
     #[expect(dead_code, reason = "accepted for compatibility, no effect")]
     http2: Option<bool>,
     headers: Option<BTreeMap<String, String>>,
@@ -453,13 +453,23 @@ mod tests {
     fn bad_files_name_the_field() {
         assert!(err("tls_server_config:\n  cert_flie: x\n").contains("cert_flie"));
         let e = err("basic_auth_users:\n  alice: plaintext\n");
-        assert!(e.contains("basic_auth_users.alice") && e.contains("bcrypt"), "{e}");
+        assert!(
+            e.contains("basic_auth_users.alice") && e.contains("bcrypt"),
+            "{e}"
+        );
         let e = err("http_server_config:\n  headers:\n    Server: ctx\n");
-        assert!(e.contains("headers.Server") && e.contains("cannot be configured"), "{e}");
+        assert!(
+            e.contains("headers.Server") && e.contains("cannot be configured"),
+            "{e}"
+        );
         let e = err("http_server_config:\n  headers:\n    X-Frame-Options: allow\n");
         assert!(e.contains("deny, sameorigin"), "{e}");
         let e = err("tls_server_config:\n  cert_file: /nonexistent/c.pem\n");
-        assert!(e.contains("key_file"), "{e}");
+        assert!(e.contains("`cert_file`") && e.contains("/nonexistent/c.pem"), "{e}");
+        let e = err("tls_server_config:\n  cert: x\n");
+        assert!(e.contains("`key_file`: missing"), "{e}");
+        let e = err("tls_server_config:\n  client_auth_type: RequireAndVerifyClientCert\n");
+        assert!(e.contains("`cert_file`: missing"), "{e}");
         let e = err("tls_server_config:\n  client_allowed_sans: [a]\n");
         assert!(e.contains("client_allowed_sans"), "{e}");
         assert!(err("rate_limit:\n  burst: 1\n").contains("rate_limit"));
@@ -487,10 +497,7 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Basic YWxpY2U6cDpx"),
         );
-        assert_eq!(
-            basic_credentials(&h),
-            Some(("alice".into(), "p:q".into()))
-        );
+        assert_eq!(basic_credentials(&h), Some(("alice".into(), "p:q".into())));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
         assert_eq!(basic_credentials(&h), None);
         assert_ne!(cache_key("a", "h", "bc"), cache_key("ab", "h", "c"));
