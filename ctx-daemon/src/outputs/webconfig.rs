@@ -465,7 +465,10 @@ mod tests {
         let e = err("http_server_config:\n  headers:\n    X-Frame-Options: allow\n");
         assert!(e.contains("deny, sameorigin"), "{e}");
         let e = err("tls_server_config:\n  cert_file: /nonexistent/c.pem\n");
-        assert!(e.contains("`cert_file`") && e.contains("/nonexistent/c.pem"), "{e}");
+        assert!(
+            e.contains("`cert_file`") && e.contains("/nonexistent/c.pem"),
+            "{e}"
+        );
         let e = err("tls_server_config:\n  cert: x\n");
         assert!(e.contains("`key_file`: missing"), "{e}");
         let e = err("tls_server_config:\n  client_auth_type: RequireAndVerifyClientCert\n");
