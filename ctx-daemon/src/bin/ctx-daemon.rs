@@ -40,7 +40,7 @@ use tracing::{info, warn};
     about = "Per-CPU context-tracking mirror: user/kernel/idle/NMI residency, IPI verdicts and IPIs received, as Prometheus metrics"
 )]
 struct Args {
-    /// Address to serve /metrics, /healthz and / on [default: 0.0.0.0:10977] (alias: --listen).
+    /// Address to serve /metrics, /healthz and / on [default: 0.0.0.0:10977].
     #[arg(
         long = "web.listen-address",
         visible_alias = "listen",

@@ -402,6 +402,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn landing_page_follows_the_telemetry_path() {
+        let s = shared(u64::MAX, vec![]);
+        let app = router_at(Arc::clone(&s), "/ctx/metrics");
+        let r = app
+            .clone()
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            r.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let page = r.into_body().collect().await.unwrap().to_bytes();
+        let page = String::from_utf8_lossy(&page);
+        assert!(page.contains("href=\"/ctx/metrics\""), "{page}");
+        assert!(page.contains("href=\"/healthz\""), "{page}");
+        assert!(page.contains(crate::VERSION), "{page}");
+        assert!(page.len() < 1024, "keep it tiny");
+        for (path, want) in [
+            ("/ctx/metrics", StatusCode::OK),
+            ("/metrics", StatusCode::NOT_FOUND),
+        ] {
+            let r = app
+                .clone()
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(r.status(), want, "{path}");
+        }
+    }
+
+    #[tokio::test]
     async fn health_follows_freshness_and_links() {
         let s = shared(0, vec![]);
         std::thread::sleep(std::time::Duration::from_millis(2));
