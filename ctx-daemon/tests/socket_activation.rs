@@ -78,11 +78,11 @@ fn serves_on_the_socket_systemd_passes() {
     let _ = Command::new(env!("CARGO_BIN_EXE_ctx-daemon"))
         .args(["--detach", "--pin-dir", &pin_dir])
         .output();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
         reply.contains(" 200 "),
-        "no /healthz on the passed socket: {reply}\n{text}"
+        "no /healthz on the passed socket: {reply}\n{logged}"
     );
-    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(logged.contains(&format!("127.0.0.1:{port}")), "{logged}");
 }

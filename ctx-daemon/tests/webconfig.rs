@@ -101,11 +101,18 @@ fn make_pki(dir: &TempDir) {
     let (other_p, other_k, _) = ca("some other CA");
     let other = Issuer::new(other_p, other_k);
     let server = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
-    leaf(dir, "server", server, ServerAuth, &issuer, false);
-    leaf(dir, "client", vec![], ClientAuth, &issuer, false);
-    leaf(dir, "client-other-ca", vec![], ClientAuth, &other, false);
-    leaf(dir, "client-expired", vec![], ClientAuth, &issuer, true);
+    leaf(
+        dir,
+        "server",
+        server,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        &issuer,
+        false,
+    );
+    let client = || ExtendedKeyUsagePurpose::ClientAuth;
+    leaf(dir, "client", vec![], client(), &issuer, false);
+    leaf(dir, "client-other-ca", vec![], client(), &other, false);
+    leaf(dir, "client-expired", vec![], client(), &issuer, true);
 }
 
 const TLS: &str = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n";
@@ -466,6 +473,66 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The real daemon on `port` under `web`, once it serves over TLS.
+fn start_daemon(dir: &TempDir, web: &Path, port: u16, pin_dir: &str) -> std::process::Child {
+    let daemon = Command::new(env!("CARGO_BIN_EXE_ctx-daemon"))
+        .args(["--pin-dir", pin_dir])
+        .arg("--web.listen-address")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--config")
+        .arg(dir.write("ctx.toml", ""))
+        .arg("--web.config.file")
+        .arg(web)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.0.join("ctx.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(dir, port, &["-u", "prometheus:s3cret"]).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "ctx-daemon did not serve over TLS: {}",
+            std::fs::read_to_string(dir.0.join("ctx.log")).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    daemon
+}
+
+/// Debian's Prometheus scraping `port` every second over TLS with basic auth: job `ctx` with
+/// the right password, `ctx-wrong-password` with a wrong one. Returns it, its port and config.
+fn start_prometheus(dir: &TempDir, port: u16) -> (std::process::Child, u16, PathBuf) {
+    let job = |name: &str, pass: &str| {
+        format!(
+            "  - job_name: {name}\n    scheme: https\n    basic_auth:\n      username: \
+             prometheus\n      password: {pass}\n    tls_config:\n      ca_file: {ca}\n      \
+             server_name: localhost\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+            ca = dir.0.join("ca.pem").display()
+        )
+    };
+    let cfg = dir.write(
+        "prometheus.yml",
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}",
+            job("ctx", "s3cret"),
+            job("ctx-wrong-password", "guess")
+        ),
+    );
+    let prom_port = free_port();
+    let prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.0.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.0.join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    (prom, prom_port, cfg)
+}
+
 /// The real daemon, attached, behind TLS and basic auth; Debian's Prometheus scrapes it with
 /// `scheme: https`, `basic_auth` and `tls_config`, and a job with a wrong password is refused.
 #[test]
@@ -496,55 +563,8 @@ fn prometheus_scrapes_over_tls_with_basic_auth() {
     );
     let port = free_port();
     let pin_dir = format!("/sys/fs/bpf/ctx-test-webtls-{}", std::process::id());
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ctx-daemon"))
-        .args(["--pin-dir", &pin_dir])
-        .arg("--web.listen-address")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--config")
-        .arg(dir.write("ctx.toml", ""))
-        .arg("--web.config.file")
-        .arg(&web)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.0.join("ctx.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while curl(&dir, port, &["-u", "prometheus:s3cret"]).status != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "ctx-daemon did not serve over TLS: {}",
-            std::fs::read_to_string(dir.0.join("ctx.log")).unwrap_or_default()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-    let job = |name: &str, pass: &str| {
-        format!(
-            "  - job_name: {name}\n    scheme: https\n    basic_auth:\n      username: \
-             prometheus\n      password: {pass}\n    tls_config:\n      ca_file: {ca}\n      \
-             server_name: localhost\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
-            ca = dir.0.join("ca.pem").display()
-        )
-    };
-    let cfg = dir.write(
-        "prometheus.yml",
-        &format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}",
-            job("ctx", "s3cret"),
-            job("ctx-wrong-password", "guess")
-        ),
-    );
-    let prom_port = free_port();
-    let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.0.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.0.join("prometheus.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = start_daemon(&dir, &web, port, &pin_dir);
+    let (mut prom, prom_port, cfg) = start_prometheus(&dir, port);
     let query = |q: &str| {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "5", "-G", "--data-urlencode"])

@@ -258,11 +258,15 @@ pub struct WebConfig {
     /// Successful verifications: sha256(user, hash, password). bcrypt costs 50-250 ms by
     /// design; without this a 1 s scrape interval would keep a CPU busy.
     verified: Mutex<HashSet<[u8; 32]>>,
+    /// bcrypt runs at once: a flood of wrong passwords (never cached) queues here instead of
+    /// taking every housekeeping CPU the daemon runs on.
+    checks: tokio::sync::Semaphore,
 }
 
 /// At most this many cached verifications (a few scrapers each hold one).
 const CACHE_MAX: usize = 256;
 const RECHECK_NS: u64 = 1_000_000_000;
+const BCRYPT_AT_ONCE: usize = 2;
 
 impl WebConfig {
     /// No file: plain HTTP, no authentication.
@@ -287,6 +291,7 @@ impl WebConfig {
                 refused: None,
             }),
             verified: Mutex::new(HashSet::new()),
+            checks: tokio::sync::Semaphore::new(BCRYPT_AT_ONCE),
         }
     }
 
@@ -362,12 +367,19 @@ impl WebConfig {
         }
         // An unknown user costs a bcrypt run as well, so timing does not tell which users
         // exist. Off the runtime thread: a verification takes tens of milliseconds.
-        let known = hash.is_some();
-        let h = hash.unwrap_or_else(|| dummy_hash().to_owned());
-        let good = tokio::task::spawn_blocking(move || bcrypt::verify(pass, &h).unwrap_or(false))
-            .await
-            .unwrap_or(false)
-            && known;
+        let Ok(_slot) = self.checks.acquire().await else {
+            return false;
+        };
+        let good = tokio::task::spawn_blocking(move || {
+            if let Some(h) = hash {
+                bcrypt::verify(pass, &h).unwrap_or(false)
+            } else {
+                let _ = bcrypt::verify(pass, dummy_hash());
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
         if good && let Some(k) = key {
             let mut v = match self.verified.lock() {
                 Ok(g) => g,
