@@ -97,6 +97,7 @@ make_root() {
     printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/ctx-daemon"
     chmod 0755 "$root/usr/bin/ctx-daemon"
     cp "$unit" "$root/etc/systemd/system/ctx.service"
+    cp "$DEPLOY/systemd/ctx.socket" "$root/etc/systemd/system/ctx.socket"
     cp "$DEPLOY/systemd/ctx.sysusers" "$root/usr/lib/sysusers.d/ctx.conf"
 }
 # verify prints warnings (unknown keys, bad values) but may still exit 0: any output fails.
@@ -107,6 +108,8 @@ verify_unit() {
 }
 make_root "$WORK/root" "$DEPLOY/systemd/ctx.service"
 check "systemd: systemd-analyze verify ctx.service" verify_unit "$WORK/root"
+check "systemd: systemd-analyze verify ctx.socket" sh -c \
+    'out=$(cd "$1" && systemd-analyze verify --man=no --root="$1" ctx.socket 2>&1) && [ -z "$out" ] || { printf "%s\n" "$out"; exit 1; }' _ "$WORK/root"
 sed 's/^ProtectHome=yes/ProtectHome=yes\nProtectHomme=yes/' "$DEPLOY/systemd/ctx.service" >"$WORK/broken.service"
 make_root "$WORK/broken-root" "$WORK/broken.service"
 expect_fail "systemd: verify rejects a misspelt directive" verify_unit "$WORK/broken-root"
@@ -115,7 +118,8 @@ check "systemd: sysusers entry creates user ctx" sh -c \
 check "systemd: ctx.toml parses and uses only known keys" "$PY" - "$DEPLOY/systemd/ctx.toml" <<'EOF'
 import sys, tomllib
 conf = tomllib.load(open(sys.argv[1], "rb"))
-unknown = set(conf) - {"listen", "cpus", "sample_interval", "pin_dir"}
+unknown = set(conf) - {"listen", "web", "cpus", "sample_interval", "pin_dir"}
+unknown |= {f"web.{k}" for k in conf.get("web", {})} - {"web.listen-address", "web.telemetry-path", "web.config"}
 sys.exit(f"unknown keys: {sorted(unknown)}" if unknown else 0)
 EOF
 (cd "$WORK" && systemd-analyze security --offline=yes --root="$WORK/root" ctx.service) >"$WORK/security" 2>&1

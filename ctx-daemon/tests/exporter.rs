@@ -403,9 +403,13 @@ fn bad_input_fails_with_a_clear_message() {
         err.contains("invalid duration") && err.contains("10ms"),
         "{err}"
     );
+    // The old spelling still works, and the error names the conventional one.
     let (code, err) = run_daemon(&["--listen", "nowhere"]);
     assert_ne!(code, 0);
-    assert!(err.contains("--listen"), "{err}");
+    assert!(err.contains("--web.listen-address"), "{err}");
+    let (code, err) = run_daemon(&["--web.telemetry-path", "metrics"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("plain /path"), "{err}");
     let (code, err) = run_daemon(&["--config", "/nonexistent/ctx.toml"]);
     assert_ne!(code, 0);
     assert!(err.contains("/nonexistent/ctx.toml"), "{err}");

@@ -22,6 +22,7 @@ use ctx::model::sweeps::SweepTotals;
 use ctx::outputs::metrics::{ExportStatic, ExportView};
 use ctx::outputs::serve::{self, Shared};
 use ctx::probes::attach::{self, LoadOptions};
+use ctx::outputs::webconfig::WebConfig;
 use ctx::probes::hooks::HookStatus;
 use ctx::probes::{LoadError, LogSource, pins};
 use ctx::session::{Attach, Session};
@@ -30,15 +31,34 @@ use sd_notify::NotifyState;
 use tracing::{info, warn};
 
 #[derive(Debug, Parser)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "command-line switches, each its own flag"
+)]
 #[command(
     name = "ctx-daemon",
     version,
     about = "Per-CPU context-tracking mirror: user/kernel/idle/NMI residency, IPI verdicts and IPIs received, as Prometheus metrics"
 )]
 struct Args {
-    /// Address to serve /metrics and /healthz on [default: 0.0.0.0:10977].
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// Address to serve /metrics, /healthz and / on [default: 0.0.0.0:10977].
+    #[arg(
+        long = "web.listen-address",
+        visible_alias = "listen",
+        value_name = "ADDR:PORT"
+    )]
     listen: Option<SocketAddr>,
+    /// Path of the metrics [default: /metrics].
+    #[arg(long = "web.telemetry-path", value_name = "PATH",
+          value_parser = config::parse_telemetry_path)]
+    telemetry_path: Option<String>,
+    /// The Prometheus exporter toolkit's web configuration (YAML): TLS, basic auth, headers.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    web_config_file: Option<PathBuf>,
+    /// Serve on the socket systemd passes (socket activation, ctx.socket) instead of binding
+    /// --web.listen-address.
+    #[arg(long = "web.systemd-socket")]
+    systemd_socket: bool,
     /// Export only these CPUs (e.g. the `nohz_full` set, 1-15) [default: all].
     #[arg(long, value_name = "LIST")]
     cpus: Option<CpuSet>,
@@ -84,6 +104,8 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     let file = config::read_file(&args.config, explicit)?;
     let flags = FlagConfig {
         listen: args.listen,
+        telemetry_path: args.telemetry_path.clone(),
+        web_config_file: args.web_config_file.clone(),
         cpus: args.cpus.clone(),
         sample_interval: args.sample_interval,
         pin_dir: args.pin_dir.clone(),
@@ -102,8 +124,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     let sys = SysRoot::default();
     config::check_cpus(set.cpus.as_ref(), &sys.possible()?)?;
+    // A bad web config is an error at start, naming the field; never a daemon without auth.
+    let web = match &set.web_config_file {
+        Some(p) => Arc::new(WebConfig::open(p)?),
+        None => Arc::new(WebConfig::plain()),
+    };
     if args.check {
-        return check(&set, &sys);
+        return check(&set, &sys, &web);
     }
     // Fail on missing privileges before binding or attaching anything.
     let missing = system::missing_caps(sys.effective_caps()?);
@@ -120,22 +147,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     // Bind before attaching: attaching text-patches the kernel and IPIs every CPU, which is
     // not worth doing for a daemon that then cannot serve.
-    let listener = TcpListener::bind(set.listen).with_context(|| {
-        format!(
-            "cannot listen on {}: choose another address with --listen or `listen` in {}",
-            set.listen,
-            args.config.display()
-        )
-    })?;
-    listener.set_nonblocking(true)?;
-    if set.listen.ip().is_unspecified() {
-        info!(
-            listen = %set.listen,
-            "listening on every address; narrow it with --listen 127.0.0.1:{} (or `listen` in the \
-             config) when only local scrapers need it",
-            set.listen.port()
-        );
-    }
+    let (listener, listen) = bind(args, &set)?;
 
     // One daemon per pin dir, taken before attaching so a second start never touches pins
     // the first one uses.
@@ -196,11 +208,45 @@ fn run(args: &Args) -> anyhow::Result<()> {
         ..serve::Limits::default()
     }
     .fit_to_fd_limit();
-    serve_until_stopped(sampler, listener, set.listen, logger, &status, limits)?;
+    let http = Http {
+        listener,
+        listen,
+        telemetry_path: set.telemetry_path.clone(),
+        web,
+        limits,
+    };
+    serve_until_stopped(sampler, http, logger, &status)?;
     info!(
         "stopped; programs stay attached (pinned) for the next start; `ctx-daemon --detach` removes them"
     );
     Ok(())
+}
+
+/// The listening socket: bound here, or passed by systemd (`--web.systemd-socket`).
+fn bind(args: &Args, set: &Settings) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = if args.systemd_socket {
+        ctx::daemon::socket::systemd_listener()?
+    } else {
+        TcpListener::bind(set.listen).with_context(|| {
+            format!(
+                "cannot listen on {}: choose another address with --web.listen-address or \
+                 `web.listen-address` in {}",
+                set.listen,
+                args.config.display()
+            )
+        })?
+    };
+    listener.set_nonblocking(true)?;
+    let listen = listener.local_addr()?;
+    if listen.ip().is_unspecified() {
+        info!(
+            %listen,
+            "listening on every address; narrow it with --web.listen-address 127.0.0.1:{} (or \
+             `web.listen-address` in the config) when only local scrapers need it",
+            listen.port()
+        );
+    }
+    Ok((listener, listen))
 }
 
 /// Attaches (or reuses the pins) and says what became of each hook.
@@ -240,14 +286,21 @@ fn attach(set: &Settings, sys: &SysRoot) -> anyhow::Result<Session> {
     Ok(session)
 }
 
+/// The HTTP endpoint, bound and configured.
+struct Http {
+    listener: TcpListener,
+    listen: SocketAddr,
+    telemetry_path: String,
+    web: Arc<WebConfig>,
+    limits: serve::Limits,
+}
+
 /// Runs the sampling thread and the HTTP server until SIGTERM or SIGINT.
 fn serve_until_stopped(
     sampler: SamplingLoop,
-    listener: TcpListener,
-    listen: SocketAddr,
+    http: Http,
     logger: Option<Logger>,
     status: &str,
-    limits: serve::Limits,
 ) -> anyhow::Result<()> {
     let shared = Arc::clone(&sampler.shared);
     let stop = Arc::new(Stop::default());
@@ -265,10 +318,18 @@ fn serve_until_stopped(
         if let Some(l) = logger {
             spawn_log_reader(l);
         }
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        info!(%listen, "serving /metrics and /healthz");
+        let listener = tokio::net::TcpListener::from_std(http.listener)?;
+        let cfg = http.web.current();
+        info!(
+            listen = %http.listen,
+            tls = cfg.tls_enabled(),
+            basic_auth_users = cfg.basic_auth_users(),
+            "serving {} and /healthz",
+            http.telemetry_path
+        );
         service::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
-        serve::serve(listener, serve::router(shared), limits, shutdown_signal()).await;
+        let app = serve::router_at(shared, &http.telemetry_path);
+        serve::serve_with(listener, app, http.limits, http.web, shutdown_signal()).await;
         Ok::<(), std::io::Error>(())
     });
     // Dropping the runtime ends the connections still open.
@@ -377,10 +438,20 @@ fn print_loadable(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
 }
 
 /// `--check`: preflight without attaching.
-fn check(set: &Settings, sys: &SysRoot) -> anyhow::Result<()> {
+fn check(set: &Settings, sys: &SysRoot, web: &WebConfig) -> anyhow::Result<()> {
     println!("ctx-daemon {} check", ctx::VERSION);
     println!("kernel: {}", sys.kernel_release());
     println!("listen: {}", set.listen);
+    println!("telemetry path: {}", set.telemetry_path);
+    let cfg = web.current();
+    println!(
+        "web config: {} (TLS {}, basic auth users: {})",
+        set.web_config_file
+            .as_ref()
+            .map_or_else(|| "-".into(), |p| p.display().to_string()),
+        if cfg.tls_enabled() { "on" } else { "off" },
+        cfg.basic_auth_users()
+    );
     println!("pin dir: {}", set.pin_dir.display());
     println!("sample interval: {:?}", set.sample_interval);
     // What a start would do first: a pin dir it cannot create or write fails here too.

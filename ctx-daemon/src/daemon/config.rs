@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::cli::parse_sample_interval;
 use crate::host::cpuset::CpuSet;
+use crate::outputs::serve::DEFAULT_TELEMETRY_PATH;
 use crate::probes::DEFAULT_PIN_DIR;
 use crate::probes::verify::DEFAULT_STATE_DIR;
 
@@ -22,7 +23,10 @@ pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// The older spelling of `web.listen-address`.
     pub listen: Option<String>,
+    /// `web.listen-address = ...` and the like: TOML's dotted keys spell the flags' names.
+    pub web: Option<WebKeys>,
     pub cpus: Option<String>,
     pub sample_interval: Option<String>,
     pub pin_dir: Option<PathBuf>,
@@ -30,10 +34,29 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
 }
 
+/// The `web.*` keys, named like the exporter flags (`--web.listen-address` is
+/// `web.listen-address` in the file).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WebKeys {
+    pub listen_address: Option<String>,
+    pub telemetry_path: Option<String>,
+    pub config: Option<WebConfigKeys>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfigKeys {
+    /// `web.config.file`: the exporter toolkit's YAML (TLS, basic auth, headers).
+    pub file: Option<PathBuf>,
+}
+
 /// Flags as given (None: not on the command line).
 #[derive(Debug, Default, Clone)]
 pub struct FlagConfig {
     pub listen: Option<SocketAddr>,
+    pub telemetry_path: Option<String>,
+    pub web_config_file: Option<PathBuf>,
     pub cpus: Option<CpuSet>,
     pub sample_interval: Option<Duration>,
     pub pin_dir: Option<PathBuf>,
@@ -44,6 +67,10 @@ pub struct FlagConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Where `/metrics` is served (`--web.telemetry-path`).
+    pub telemetry_path: String,
+    /// `--web.config.file`; None: plain HTTP without authentication.
+    pub web_config_file: Option<PathBuf>,
     pub cpus: Option<CpuSet>,
     pub sample_interval: Duration,
     pub pin_dir: PathBuf,
@@ -110,11 +137,24 @@ pub fn resolve(
         message,
     };
     let f = file.cloned().unwrap_or_default();
-    let listen = match (flags.listen, &f.listen) {
+    let web = f.web.clone().unwrap_or_default();
+    let file_listen = match (&f.listen, &web.listen_address) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "web.listen-address",
+                "set it or its older spelling `listen`, not both".into(),
+            ));
+        }
+        (a, b) => a.as_ref().or(b.as_ref()),
+    };
+    let listen = match (flags.listen, file_listen) {
         (Some(l), _) => l,
-        (None, Some(s)) => s
-            .parse()
-            .map_err(|e| bad("listen", format!("{s:?}: {e} (expected ADDR:PORT)")))?,
+        (None, Some(s)) => s.parse().map_err(|e| {
+            bad(
+                "web.listen-address",
+                format!("{s:?}: {e} (expected ADDR:PORT)"),
+            )
+        })?,
         (None, None) => DEFAULT_LISTEN
             .parse()
             .map_err(|e| bad("listen", format!("built-in default: {e}")))?,
@@ -146,14 +186,44 @@ pub fn resolve(
         .clone()
         .or(f.state_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let telemetry_path = match (&flags.telemetry_path, &web.telemetry_path) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => parse_telemetry_path(p).map_err(|e| bad("web.telemetry-path", e))?,
+        (None, None) => DEFAULT_TELEMETRY_PATH.to_owned(),
+    };
+    // A relative `web.config.file` is taken from the config file's folder.
+    let web_config_file = flags.web_config_file.clone().or_else(|| {
+        let f = web.config.as_ref()?.file.as_ref()?;
+        Some(path.parent().map_or_else(|| f.clone(), |d| d.join(f)))
+    });
     Ok(Settings {
         listen,
+        telemetry_path,
+        web_config_file,
         cpus,
         sample_interval,
         pin_dir,
         housekeeping_affinity,
         state_dir,
     })
+}
+
+/// A `/path` for the metrics: plain characters only (it goes into the landing page's links),
+/// and not `/` or `/healthz`, which are served already.
+pub fn parse_telemetry_path(s: &str) -> Result<String, String> {
+    let plain = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b));
+    if !s.starts_with('/') || s.len() < 2 || !plain || s.contains("//") {
+        return Err(format!(
+            "telemetry path {s:?} must be a plain /path of letters, digits and -._~ (e.g. \
+             /metrics)"
+        ));
+    }
+    if s == "/healthz" {
+        return Err("telemetry path /healthz is taken by the health check".into());
+    }
+    Ok(s.to_owned())
 }
 
 /// Refuses CPUs the host cannot have: a filter naming only those would export no CPU series
@@ -220,12 +290,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ADDR:PORT"), "{e}");
+        let f = parse_file(
+            "listen = \"127.0.0.1:1\"\nweb.listen-address = \"127.0.0.1:2\"",
+            p,
+        )
+        .unwrap();
+        let e = resolve(&FlagConfig::default(), Some(&f), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not both"), "{e}");
+        let f = parse_file("web.telemetry-path = \"metrics\"", p).unwrap();
+        let e = resolve(&FlagConfig::default(), Some(&f), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("web.telemetry-path"), "{e}");
         assert!(
             read_file(Path::new("/nonexistent/ctx.toml"), false)
                 .unwrap()
                 .is_none()
         );
         assert!(read_file(Path::new("/nonexistent/ctx.toml"), true).is_err());
+    }
+
+    #[test]
+    fn web_keys_spell_the_flags() {
+        let p = Path::new("/etc/ctx/ctx.toml");
+        let f = parse_file(
+            "web.listen-address = \"127.0.0.1:9\"\nweb.telemetry-path = \"/m\"\n\
+             web.config.file = \"web.yml\"\n",
+            p,
+        )
+        .unwrap();
+        let s = resolve(&FlagConfig::default(), Some(&f), p).unwrap();
+        assert_eq!(s.listen.port(), 9);
+        assert_eq!(s.telemetry_path, "/m");
+        assert_eq!(s.web_config_file, Some(PathBuf::from("/etc/ctx/web.yml")));
+        let s = resolve(&FlagConfig::default(), None, p).unwrap();
+        assert_eq!(s.telemetry_path, "/metrics");
+        assert_eq!(s.web_config_file, None);
+        for bad in [
+            "", "/", "metrics", "/a b", "/a\"b", "//x", "/healthz", "/{x}",
+        ] {
+            assert!(parse_telemetry_path(bad).is_err(), "{bad}");
+        }
+        assert!(parse_telemetry_path("/ctx/metrics").is_ok());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The HTTP side: `GET /metrics` and `GET /healthz`. Handlers only read the latest published
+//! The HTTP side: `GET /metrics`, `GET /healthz` and a landing page at `/`. Handlers only read the latest published
 //! snapshot; nothing here touches the kernel, so concurrent scrapes are cheap and consistent.
 
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use tower_http::compression::CompressionLayer;
 
 use crate::host::system::mono_now_ns;
 use crate::outputs::metrics::{self, ExportStatic, ExportView};
+use crate::outputs::webconfig::WebConfig;
 
 /// State shared by the sampler (writer) and the HTTP handlers (readers).
 pub struct Shared {
@@ -112,11 +113,39 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// `/metrics` (gzip when asked) and `/healthz`; other paths 404, other methods 405.
+/// The default of `--web.telemetry-path`.
+pub const DEFAULT_TELEMETRY_PATH: &str = "/metrics";
+
+/// A tiny page at `/` for whoever opens the address in a browser, as exporters have.
+fn landing_page(telemetry_path: &str) -> String {
+    // The path is checked at start to be a plain `/segment` path, so it needs no escaping
+    // beyond what it already cannot contain.
+    format!(
+        "<!DOCTYPE html>\n<html><head><title>ctx</title></head><body>\n<h1>ctx {v}</h1>\n\
+         <p>Per-CPU context-tracking exporter for nohz_full hosts.</p>\n<ul>\n\
+         <li><a href=\"{telemetry_path}\">{telemetry_path}</a>: metrics</li>\n\
+         <li><a href=\"/healthz\">/healthz</a>: health</li>\n</ul>\n</body></html>\n",
+        v = crate::VERSION
+    )
+}
+
+/// `/metrics` (gzip when asked), `/healthz` and `/`; other paths 404, other methods 405.
 pub fn router(shared: Arc<Shared>) -> Router {
+    router_at(shared, DEFAULT_TELEMETRY_PATH)
+}
+
+/// [`router`] with the metrics at `telemetry_path` (`--web.telemetry-path`).
+pub fn router_at(shared: Arc<Shared>, telemetry_path: &str) -> Router {
+    let page = landing_page(telemetry_path);
     Router::new()
-        .route("/metrics", get(metrics))
+        .route(telemetry_path, get(metrics))
         .route("/healthz", get(healthz))
+        .route(
+            "/",
+            get(
+                move || async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page) },
+            ),
+        )
         .layer(CompressionLayer::new().gzip(true))
         .with_state(shared)
 }
@@ -221,7 +250,25 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    serve_with(
+        listener,
+        app,
+        limits,
+        Arc::new(WebConfig::plain()),
+        shutdown,
+    )
+    .await;
+}
+
+/// [`serve`] under a web configuration (TLS, basic auth, headers: `--web.config.file`).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    web: Arc<WebConfig>,
+    shutdown: impl Future<Output = ()>,
+) {
+    use hyper_util::rt::TokioTimer;
     use tokio::sync::Semaphore;
     use tower::ServiceExt as _;
 
@@ -257,10 +304,13 @@ pub async fn serve(
         let reqs = Arc::clone(&reqs);
         let refused = Arc::clone(&refused);
         let max_requests = limits.max_requests;
+        let tls = web.current().tls.clone();
+        let web = Arc::clone(&web);
         let svc = hyper::service::service_fn(move |req: axum::http::Request<_>| {
             let app = app.clone();
             let reqs = Arc::clone(&reqs);
             let refused = Arc::clone(&refused);
+            let web = Arc::clone(&web);
             async move {
                 let Ok(_p) = reqs.try_acquire_owned() else {
                     refused.note("requests", max_requests);
@@ -268,7 +318,13 @@ pub async fn serve(
                         (StatusCode::SERVICE_UNAVAILABLE, "too many requests\n").into_response(),
                     );
                 };
-                app.oneshot(req.map(axum::body::Body::new)).await
+                // Under the request cap: a bcrypt check costs tens of milliseconds.
+                let cfg = web.current();
+                if let Some(denied) = web.authorize(&cfg, req.headers()).await {
+                    return Ok(cfg.decorate(denied));
+                }
+                let Ok(resp) = app.oneshot(req.map(axum::body::Body::new)).await;
+                Ok(cfg.decorate(resp))
             }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -276,11 +332,10 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .keep_alive(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        let handshake = limits.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            // Timeouts and resets end here; they are the client's business.
-            let _ = conn.await;
+            crate::outputs::tls::serve_connection(stream, tls, builder, svc, handshake).await;
         });
     }
 }
@@ -344,6 +399,41 @@ mod tests {
         assert_eq!(st, StatusCode::NOT_FOUND);
         let (st, ..) = get(&s, Request::post("/metrics").body(Body::empty()).unwrap()).await;
         assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn landing_page_follows_the_telemetry_path() {
+        let s = shared(u64::MAX, vec![]);
+        let app = router_at(Arc::clone(&s), "/ctx/metrics");
+        let r = app
+            .clone()
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            r.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let page = r.into_body().collect().await.unwrap().to_bytes();
+        let page = String::from_utf8_lossy(&page);
+        assert!(page.contains("href=\"/ctx/metrics\""), "{page}");
+        assert!(page.contains("href=\"/healthz\""), "{page}");
+        assert!(page.contains(crate::VERSION), "{page}");
+        assert!(page.len() < 1024, "keep it tiny");
+        for (path, want) in [
+            ("/ctx/metrics", StatusCode::OK),
+            ("/metrics", StatusCode::NOT_FOUND),
+        ] {
+            let r = app
+                .clone()
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(r.status(), want, "{path}");
+        }
     }
 
     #[tokio::test]
