@@ -2,7 +2,8 @@
 //! capabilities once attached, and systemd notifications.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ctx_common::{Source, Verdict};
@@ -89,45 +90,43 @@ pub fn notify(states: &[sd_notify::NotifyState]) {
 
 /// A stop request the sampler waits on: its sleep ends the moment stop is asked, so SIGTERM
 /// stops the daemon promptly at any interval (and the final ledger write is not cut off by
-/// systemd's stop timeout).
+/// systemd's stop timeout). The per-sweep check is a plain atomic load; the mutex and condvar
+/// serve only the sleep.
 #[derive(Default)]
 pub struct Stop {
+    fast: AtomicBool,
     asked: Mutex<bool>,
     cv: Condvar,
 }
 
 impl Stop {
     pub fn ask(&self) {
-        match self.asked.lock() {
-            Ok(mut g) => *g = true,
-            Err(p) => *p.into_inner() = true,
-        }
+        self.fast.store(true, Ordering::Release);
+        *self.asked.lock().unwrap_or_else(PoisonError::into_inner) = true;
         self.cv.notify_all();
     }
 
     pub fn asked(&self) -> bool {
-        match self.asked.lock() {
-            Ok(g) => *g,
-            Err(p) => *p.into_inner(),
-        }
+        self.fast.load(Ordering::Acquire)
     }
 
     /// Sleeps for `d` or until stop is asked; true when it was.
     pub fn wait(&self, d: Duration) -> bool {
+        if self.asked() {
+            return true;
+        }
         let deadline = Instant::now() + d;
-        let mut g = match self.asked.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut g = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
         while !*g {
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            g = match self.cv.wait_timeout(g, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            g = self
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
         true
     }
