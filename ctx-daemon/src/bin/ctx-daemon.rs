@@ -13,6 +13,7 @@ use ctx::cli::parse_sample_interval;
 use ctx::daemon::config::{self, DEFAULT_CONFIG, FlagConfig, Settings};
 use ctx::daemon::ledger::LedgerMap;
 use ctx::daemon::lock;
+use ctx::daemon::pinwatch::{self, PinHealth, PinWatch};
 use ctx::daemon::service::{self, SamplingLoop, Stop};
 use ctx::host::btf::{CtLayout, KernelBtf};
 use ctx::host::cpuset::CpuSet;
@@ -90,6 +91,12 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
 fn run(args: &Args) -> anyhow::Result<()> {
     let set = settings(args)?;
     if args.detach {
+        // A running daemon would pin again what is removed under it: stop it first.
+        let _lock = if set.pin_dir.is_dir() {
+            Some(lock::lock(&set.pin_dir)?)
+        } else {
+            None
+        };
         let r = pins::detach(&set.pin_dir)?;
         info!(links = r.links, maps = r.maps, dir = %set.pin_dir.display(), "detached");
         return Ok(());
@@ -143,6 +150,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
         LogSource::None => None,
     };
     let ledger = session.probes.ledger.take().map(LedgerMap::new);
+    let pin_health = Arc::new(PinHealth::default());
+    let watch = PinWatch::hold(
+        &set.pin_dir,
+        pinwatch::attached_tracepoints(session.probes.meta.hooks_attached),
+        Arc::clone(&pin_health),
+    );
     match service::drop_capabilities() {
         Ok(kept) => info!(kept = %kept, "dropped capabilities not needed for sampling"),
         Err(e) => warn!("could not drop capabilities: {e}"),
@@ -159,6 +172,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let stat = ExportStatic {
         facts: session.facts.clone(),
         cpus: set.cpus.clone(),
+        pins: Some(Arc::clone(&pin_health)),
     };
 
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 3);
@@ -174,8 +188,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
         interval: set.sample_interval,
         totals: SweepTotals::default(),
         watchdog,
+        pins: Some(Arc::clone(&pin_health)),
     };
     sampler.restore();
+    if sampler.session.probes.repaired.is_some() {
+        pin_health.note_repair();
+    }
     system::release_startup_memory();
     let first = sampler
         .step()
@@ -190,7 +208,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         ..serve::Limits::default()
     }
     .fit_to_fd_limit();
-    serve_until_stopped(sampler, listener, set.listen, logger, &status, limits)?;
+    serve_until_stopped(sampler, watch, listener, set.listen, logger, &status, limits)?;
     info!(
         "stopped; programs stay attached (pinned) for the next start; `ctx-daemon --detach` removes them"
     );
@@ -234,6 +252,7 @@ fn attach(set: &Settings, sys: &SysRoot) -> anyhow::Result<Session> {
 /// Runs the sampling thread and the HTTP server until SIGTERM or SIGINT.
 fn serve_until_stopped(
     sampler: SamplingLoop,
+    mut watch: PinWatch,
     listener: TcpListener,
     listen: SocketAddr,
     logger: Option<Logger>,
@@ -247,6 +266,15 @@ fn serve_until_stopped(
         .name("ctx-sampler".into())
         .spawn(move || sampler.run(&stop_s))
         .context("starting the sampler thread")?;
+    let stop_w = Arc::clone(&stop);
+    let watch_thread = std::thread::Builder::new()
+        .name("ctx-pins".into())
+        .spawn(move || {
+            while !stop_w.wait(pinwatch::CHECK_EVERY) {
+                watch.check();
+            }
+        })
+        .context("starting the pin check thread")?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -268,6 +296,9 @@ fn serve_until_stopped(
     stop.ask();
     if sampler_thread.join().is_err() {
         warn!("sampler thread panicked");
+    }
+    if watch_thread.join().is_err() {
+        warn!("pin check thread panicked");
     }
     served.context("serving HTTP")
 }

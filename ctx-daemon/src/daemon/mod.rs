@@ -4,9 +4,11 @@
 //! * [`service`]: the sampling thread (sweep, persist, publish), housekeeping affinity,
 //!   dropping capabilities, systemd notifications.
 //! * [`lock`]: one daemon per pin dir (`flock` on the directory).
+//! * [`pinwatch`]: pins removed or replaced while running, pinned again from held descriptors.
 //! * [`ledger`]: the counters only user space knows, kept in a pinned map across restarts.
 
 pub mod config;
 pub mod ledger;
 pub mod lock;
+pub mod pinwatch;
 pub mod service;

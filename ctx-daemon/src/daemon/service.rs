@@ -10,6 +10,7 @@ use ctx_common::{Source, Verdict};
 use tracing::{info, warn};
 
 use crate::daemon::ledger::LedgerMap;
+use crate::daemon::pinwatch::PinHealth;
 use crate::host::cpuset::CpuSet;
 use crate::host::system::{self, SysRoot};
 use crate::model::sweeps::SweepTotals;
@@ -141,6 +142,8 @@ pub struct SamplingLoop {
     pub totals: SweepTotals,
     /// How often to feed systemd's watchdog (`None`: not asked to).
     pub watchdog: Option<Duration>,
+    /// Pin repairs, counted by the pin check and persisted here with the other counters.
+    pub pins: Option<Arc<PinHealth>>,
 }
 
 fn unix_now() -> f64 {
@@ -170,6 +173,9 @@ impl SamplingLoop {
         match l.read_totals() {
             Ok(t) => self.totals = self.totals.max(t),
             Err(e) => warn!("{e}"),
+        }
+        if let Some(p) = &self.pins {
+            p.seed(self.totals.pin_repairs, self.totals.pin_repaired_unix_ns);
         }
         for cpu in self.session.possible.iter() {
             match l.read_cpu(cpu) {
@@ -203,6 +209,11 @@ impl SamplingLoop {
     /// Persists, then returns what was persisted (what scrapes may show).
     fn flush(&mut self) -> (Arc<BTreeMap<u32, Samples>>, SweepTotals) {
         let verdicts = self.verdicts();
+        if let Some(p) = &self.pins {
+            self.totals.pin_repairs = self.totals.pin_repairs.max(p.repairs());
+            self.totals.pin_repaired_unix_ns =
+                self.totals.pin_repaired_unix_ns.max(p.repaired_unix_ns());
+        }
         if let Some(l) = &mut self.ledger {
             let mut ok = l
                 .write_totals(self.totals)

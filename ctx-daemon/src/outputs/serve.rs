@@ -71,6 +71,9 @@ impl Shared {
         if !self.fresh() {
             return Some("sampler stale: no sweep within the last second".into());
         }
+        if let Some(why) = self.stat.pins.as_ref().and_then(|p| p.problem()) {
+            return Some(format!("pins broken: {why}"));
+        }
         let gone: Vec<String> = self
             .links
             .iter()
@@ -79,8 +82,8 @@ impl Shared {
             .collect();
         (!gone.is_empty()).then(|| {
             format!(
-                "pins gone (programs detached or maps orphaned): {} missing; restart ctx-daemon \
-                 to attach cleanly",
+                "pins gone (programs detached or maps orphaned): {} missing; the daemon pins \
+                 them again within seconds when it can (ctx_pins_ok), else restart ctx-daemon",
                 gone.join(", ")
             )
         })
