@@ -46,26 +46,78 @@ macro_rules! layout {
 const fn layout_words() -> [u64; LAYOUT_WORDS] {
     let mut w = [0u64; LAYOUT_WORDS];
     let mut i = 0;
-    layout!(w, i, MainPart {
-        seq_end, counter, last_ts, res_ns, kernel_entries, syscalls, page_faults,
-        idle_entries, event_seq, idle, source, last_event, offline, resyncs, reserved,
-        seq_begin,
-    });
-    layout!(w, i, NmiPart {
-        seq_end, counter, nmis, ns_total, ns_from, enter_ts, enter_slot, seq_begin,
-        group_last_ts, group_handlers, group_len,
-    });
-    layout!(w, i, IrqPart { counts, claimed_seq, pad, reserved });
+    layout!(
+        w,
+        i,
+        MainPart {
+            seq_end,
+            counter,
+            last_ts,
+            res_ns,
+            kernel_entries,
+            syscalls,
+            page_faults,
+            idle_entries,
+            event_seq,
+            idle,
+            source,
+            last_event,
+            offline,
+            resyncs,
+            reserved,
+            seq_begin,
+        }
+    );
+    layout!(
+        w,
+        i,
+        NmiPart {
+            seq_end,
+            counter,
+            nmis,
+            ns_total,
+            ns_from,
+            enter_ts,
+            enter_slot,
+            seq_begin,
+            group_last_ts,
+            group_handlers,
+            group_len,
+        }
+    );
+    layout!(
+        w,
+        i,
+        IrqPart {
+            counts,
+            claimed_seq,
+            pad,
+            reserved
+        }
+    );
     layout!(w, i, CpuRecord { main, nmi, irq });
-    layout!(w, i, Meta {
-        magic, abi, hooks_attached, attached_at_ns, attached_mono_ns, attached_by_pid, pad,
-        reserved,
-    });
+    layout!(
+        w,
+        i,
+        Meta {
+            magic,
+            abi,
+            hooks_attached,
+            attached_at_ns,
+            attached_mono_ns,
+            attached_by_pid,
+            pad,
+            reserved,
+        }
+    );
     layout!(w, i, Config { ct_cpus });
     layout!(w, i, Ledger { words });
     w[i] = MAX_CPUS as u64;
     w[i + 1] = LEDGER_GLOBAL_ENTRIES as u64;
-    assert!(i + 2 == LAYOUT_WORDS, "LAYOUT_WORDS must count every word above");
+    assert!(
+        i + 2 == LAYOUT_WORDS,
+        "LAYOUT_WORDS must count every word above"
+    );
     w
 }
 

@@ -91,15 +91,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
 fn run(args: &Args) -> anyhow::Result<()> {
     let set = settings(args)?;
     if args.detach {
-        // A running daemon would pin again what is removed under it: stop it first.
-        let _lock = if set.pin_dir.is_dir() {
-            Some(lock::lock(&set.pin_dir)?)
-        } else {
-            None
-        };
-        let r = pins::detach(&set.pin_dir)?;
-        info!(links = r.links, maps = r.maps, dir = %set.pin_dir.display(), "detached");
-        return Ok(());
+        return detach(&set);
     }
     let sys = SysRoot::default();
     config::check_cpus(set.cpus.as_ref(), &sys.possible()?)?;
@@ -119,24 +111,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     {
         info!(%cpus, "running on housekeeping CPUs only");
     }
-    // Bind before attaching: attaching text-patches the kernel and IPIs every CPU, which is
-    // not worth doing for a daemon that then cannot serve.
-    let listener = TcpListener::bind(set.listen).with_context(|| {
-        format!(
-            "cannot listen on {}: choose another address with --listen or `listen` in {}",
-            set.listen,
-            args.config.display()
-        )
-    })?;
-    listener.set_nonblocking(true)?;
-    if set.listen.ip().is_unspecified() {
-        info!(
-            listen = %set.listen,
-            "listening on every address; narrow it with --listen 127.0.0.1:{} (or `listen` in the \
-             config) when only local scrapers need it",
-            set.listen.port()
-        );
-    }
+    let listener = bind(&set, args)?;
 
     // One daemon per pin dir, taken before attaching so a second start never touches pins
     // the first one uses.
@@ -208,10 +183,48 @@ fn run(args: &Args) -> anyhow::Result<()> {
         ..serve::Limits::default()
     }
     .fit_to_fd_limit();
-    serve_until_stopped(sampler, watch, listener, set.listen, logger, &status, limits)?;
+    serve_until_stopped(
+        sampler, watch, listener, set.listen, logger, &status, limits,
+    )?;
     info!(
         "stopped; programs stay attached (pinned) for the next start; `ctx-daemon --detach` removes them"
     );
+    Ok(())
+}
+
+/// Binds the HTTP port, before attaching: attaching text-patches the kernel and IPIs every
+/// CPU, which is not worth doing for a daemon that then cannot serve.
+fn bind(set: &Settings, args: &Args) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(set.listen).with_context(|| {
+        format!(
+            "cannot listen on {}: choose another address with --listen or `listen` in {}",
+            set.listen,
+            args.config.display()
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    if set.listen.ip().is_unspecified() {
+        info!(
+            listen = %set.listen,
+            "listening on every address; narrow it with --listen 127.0.0.1:{} (or `listen` in the \
+             config) when only local scrapers need it",
+            set.listen.port()
+        );
+    }
+
+    Ok(listener)
+}
+
+/// `--detach`. A running daemon would pin again what is removed under it: it must be stopped
+/// first, which its lock on the pin dir tells.
+fn detach(set: &Settings) -> anyhow::Result<()> {
+    let _lock = if set.pin_dir.is_dir() {
+        Some(lock::lock(&set.pin_dir)?)
+    } else {
+        None
+    };
+    let r = pins::detach(&set.pin_dir)?;
+    info!(links = r.links, maps = r.maps, dir = %set.pin_dir.display(), "detached");
     Ok(())
 }
 

@@ -88,7 +88,7 @@ impl PinHealth {
         self.repairs.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn set(&self, problem: Option<String>) {
+    pub(crate) fn set(&self, problem: Option<String>) {
         let mut g = self
             .problem
             .lock()
@@ -155,15 +155,29 @@ impl PinWatch {
                     id,
                     ino,
                 }),
-                (Err(e), _) => warn!(pin = %path.display(), "cannot hold pinned map ({e}); it will not be repaired while running"),
-                (_, Err(e)) => warn!(pin = %path.display(), "cannot stat pinned map ({e}); it will not be repaired while running"),
+                (Err(e), _) => {
+                    warn!(
+                        pin = %path.display(),
+                        "cannot hold pinned map ({e}); it will not be repaired while running"
+                    );
+                }
+                (_, Err(e)) => {
+                    warn!(
+                        pin = %path.display(),
+                        "cannot stat pinned map ({e}); it will not be repaired while running"
+                    );
+                }
             }
         }
         for tp in attached {
             let path = link_path(dir, tp);
             let held = bpf_obj_get(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|fd| link_id(&path).map(|id| (id, fd)).ok_or_else(|| "not a link".into()));
+                .and_then(|fd| {
+                    link_id(&path)
+                        .map(|id| (id, fd))
+                        .ok_or_else(|| "not a link".into())
+                });
             match (held, ino(&path)) {
                 (Ok((id, fd)), Ok(ino)) => pins.push(Pin {
                     path,
@@ -171,8 +185,18 @@ impl PinWatch {
                     id,
                     ino,
                 }),
-                (Err(e), _) => warn!(pin = %path.display(), "cannot hold pinned link ({e}); it will not be repaired while running"),
-                (_, Err(e)) => warn!(pin = %path.display(), "cannot stat pinned link ({e}); it will not be repaired while running"),
+                (Err(e), _) => {
+                    warn!(
+                        pin = %path.display(),
+                        "cannot hold pinned link ({e}); it will not be repaired while running"
+                    );
+                }
+                (_, Err(e)) => {
+                    warn!(
+                        pin = %path.display(),
+                        "cannot stat pinned link ({e}); it will not be repaired while running"
+                    );
+                }
             }
         }
         Self {
@@ -263,6 +287,8 @@ struct ObjAttr {
     _pad: [u32; 3],
 }
 
+#[expect(clippy::cast_possible_truncation, reason = "a 32-byte struct")]
+const ATTR_SIZE: libc::c_uint = size_of::<ObjAttr>() as libc::c_uint;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 
@@ -276,14 +302,7 @@ fn bpf_obj(cmd: libc::c_long, path: &Path, fd: u32) -> io::Result<libc::c_long> 
     };
     // SAFETY: the attribute and the path it points to outlive the call; the kernel reads
     // size_of::<ObjAttr>() bytes of it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            &raw const attr,
-            size_of::<ObjAttr>() as libc::c_uint,
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, &raw const attr, ATTR_SIZE) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {

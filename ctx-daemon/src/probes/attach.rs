@@ -19,9 +19,8 @@ use crate::host::btf::KernelBtf;
 use crate::host::cpuset::CpuSet;
 use crate::host::system::{self, SysRoot};
 use crate::probes::hooks::{HookReport, HookStatus};
-use crate::probes::pincheck;
 use crate::probes::pins::{link_path, map_path, prepare_pin_dir};
-use crate::probes::{LoadError, LogSource, MapStep, Probes, check_caps, map_err};
+use crate::probes::{LoadError, LogSource, MapStep, Probes, check_caps, map_err, pincheck};
 
 /// The eBPF object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ctx"));

@@ -76,7 +76,10 @@ impl fmt::Display for Mismatch {
 
 /// The shape of every pinned map as this build creates it: the object's declarations, with
 /// the ledger sized by the loader.
-pub fn declared(object: &[u8], ledger_entries: u32) -> Result<BTreeMap<&'static str, Shape>, LoadError> {
+pub fn declared(
+    object: &[u8],
+    ledger_entries: u32,
+) -> Result<BTreeMap<&'static str, Shape>, LoadError> {
     let obj = aya_obj::Object::parse(object).map_err(|e| LoadError::PinDir {
         dir: "(embedded object)".into(),
         reason: format!("cannot parse this build's eBPF object ({e}): rebuild ctx"),
@@ -116,8 +119,7 @@ fn prog_type_of(kind: Kind) -> bpf_prog_type {
     }
 }
 
-/// Compares every pin in `dir` with this build. Map ids of the pinned maps are returned
-/// with the mismatches, for the link checks.
+/// Compares every pin in `dir` with this build.
 pub fn mismatches(
     dir: &Path,
     want: &BTreeMap<&'static str, Shape>,
@@ -143,7 +145,6 @@ pub fn mismatches(
                 continue;
             }
         };
-        ids.insert(name, info.id());
         if let Some((field, found, expected)) = Shape::of(&info).differs(shape) {
             out.push(Mismatch {
                 pin,
@@ -151,8 +152,12 @@ pub fn mismatches(
                 found: found.to_string(),
                 expected: expected.to_string(),
             });
-        } else if *name == MAP_META {
-            out.extend(meta_mismatch(dir)?);
+        } else {
+            // Only maps that fit are cross-checked with the links: one mismatch, one line.
+            ids.insert(name, info.id());
+            if *name == MAP_META {
+                out.extend(meta_mismatch(dir)?);
+            }
         }
     }
     for h in &HOOKS {
@@ -214,7 +219,10 @@ fn link_mismatch(path: &Path, h: &HookSpec, map_ids: &BTreeMap<&str, u32>) -> Op
         .filter_map(Result::ok)
         .find(|p| p.id() == prog_id);
     let Some(prog) = prog else {
-        debug!(pin, "program of the link not readable; its maps are not cross-checked");
+        debug!(
+            pin,
+            "program of the link not readable; its maps are not cross-checked"
+        );
         return None;
     };
     let want_name = kernel_name(h.program);
@@ -327,7 +335,10 @@ mod tests {
             expected: "448".into(),
         }
         .to_string();
-        assert!(shown.contains("maps/CTX_CPU") && shown.contains("value size"), "{shown}");
+        assert!(
+            shown.contains("maps/CTX_CPU") && shown.contains("value size"),
+            "{shown}"
+        );
     }
 
     #[test]
