@@ -279,8 +279,19 @@ pub(crate) fn reconcile(
     }
     let want = declared(object, ledger_entries)?;
     let found = mismatches(dir, &want)?;
+    // Only the ledger holds what user space counted; gone while no daemon ran, it cannot be
+    // rebuilt. Say so rather than restart those counters silently.
+    let ledger_gone = pin_present(dir, &map_path(dir, MAP_META))?
+        && !pin_present(dir, &map_path(dir, MAP_LEDGER))?;
+    if ledger_gone {
+        warn!(
+            dir = %dir.display(),
+            "the counter ledger pin maps/{MAP_LEDGER} is missing: a new one is created, and \
+             counters only user space keeps (sweeps, verdicts) start again from 0"
+        );
+    }
     if found.is_empty() {
-        return Ok(None);
+        return Ok(ledger_gone.then(|| format!("maps/{MAP_LEDGER} missing")));
     }
     for m in &found {
         warn!(
