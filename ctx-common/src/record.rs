@@ -371,6 +371,10 @@ pub struct Meta {
     /// Process that attached.
     pub attached_by_pid: u32,
     pub pad: u32,
+    /// Words 0-2: the kernel ids of the other pinned maps, two to a word in
+    /// `ctx_common::programs::MAPS` order (`CTX_META` skipped), recorded by the daemon after each
+    /// start, so a later start can tell a pin replaced by another map of the same shape without
+    /// the privilege to ask the programs which maps they use. 0: not recorded.
     pub reserved: [u64; 4],
 }
 

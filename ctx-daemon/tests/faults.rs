@@ -571,8 +571,9 @@ fn pins_removed_or_replaced() -> CaseResult {
         .push("running: CTX_CPU replaced by a stranger of the same shape, ours pinned back".into());
 
     // Stopped: each fault, then a start.
-    let stopped: [(&str, &str); 5] = [
+    let stopped: [(&str, &str); 6] = [
         ("remove maps/CTX_CPU", "pins CTX_CPU missing"),
+        ("replace maps/CTX_CPU (same shape)", "pin=\"maps/CTX_CPU\" field=\"id\""),
         ("replace maps/CTX_META (value 8)", "field=\"value size\""),
         ("replace maps/CTX_META (never written)", "field=\"magic\""),
         ("remove links/sys_enter", ""),
@@ -587,6 +588,10 @@ fn pins_removed_or_replaced() -> CaseResult {
         d.term();
         match what {
             "remove maps/CTX_CPU" => std::fs::remove_file(d.map("CTX_CPU")).unwrap(),
+            "replace maps/CTX_CPU (same shape)" => {
+                std::fs::remove_file(d.map("CTX_CPU")).unwrap();
+                bpftool_map(&d.map("CTX_CPU"), "percpu_array", 448)?;
+            }
             "replace maps/CTX_META (value 8)" => {
                 std::fs::remove_file(d.map("CTX_META")).unwrap();
                 bpftool_map(&d.map("CTX_META"), "array", 8)?;
@@ -629,7 +634,7 @@ fn pins_removed_or_replaced() -> CaseResult {
     }
     let reattached = d.value("ctx_probes_attached_timestamp_seconds") > attached;
     notes.push(format!(
-        "stopped: CTX_CPU removed, CTX_META wrong size, CTX_META never written -> WARN naming pin and field, clean re-attach{}, ledger kept; a removed link re-attached alone; CTX_LEDGER removed -> WARN, those counters restart",
+        "stopped: CTX_CPU removed, CTX_CPU replaced by a same-shape map (told by the id recorded in CTX_META), CTX_META wrong size, CTX_META never written -> WARN naming pin and field, clean re-attach{}, ledger kept; a removed link re-attached alone; CTX_LEDGER removed -> WARN, those counters restart",
         if reattached { "" } else { " (attach time unchanged?)" }
     ));
     Ok(notes.join("; "))

@@ -367,6 +367,9 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
     };
     write_config(&mut ebpf, &ct_cpus)?;
     let meta = write_meta(&mut ebpf, &report)?;
+    if let Some(dir) = pin {
+        pincheck::record_map_ids(dir)?;
+    }
     let cpu: PerCpuArray<MapData, _> = take(&mut ebpf, MAP_CPU)?;
     let ledger = match ebpf.take_map(MAP_LEDGER) {
         Some(m) => Some(Array::try_from(m).map_err(map_err(MAP_LEDGER, MapStep::Type, None))?),

@@ -12,15 +12,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use aya::maps::{MapData, MapInfo};
+use aya::maps::{Array, Map, MapData, MapInfo};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya_obj::generated::bpf_prog_type;
 use ctx_common::programs::{HOOKS, HookSpec, Kind, MAP_LEDGER, MAP_META, MAPS};
 use ctx_common::record::{ABI_VERSION, META_MAGIC, Meta};
 use tracing::{debug, warn};
 
-use crate::probes::LoadError;
 use crate::probes::pins::{self, link_path, map_path, pin_present};
+use crate::probes::{LoadError, MapStep, map_err};
 
 /// What a map is, as `BPF_OBJ_GET_INFO_BY_FD` and the object's map section both tell it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +126,7 @@ pub fn mismatches(
 ) -> Result<Vec<Mismatch>, LoadError> {
     let mut out = Vec::new();
     let mut ids: BTreeMap<&str, u32> = BTreeMap::new();
+    let recorded = recorded_map_ids(dir);
     for (name, shape) in want {
         let path = map_path(dir, name);
         if !pin_present(dir, &path)? {
@@ -145,12 +146,20 @@ pub fn mismatches(
                 continue;
             }
         };
+        let was = recorded.get(name).copied().unwrap_or(0);
         if let Some((field, found, expected)) = Shape::of(&info).differs(shape) {
             out.push(Mismatch {
                 pin,
                 field,
                 found: found.to_string(),
                 expected: expected.to_string(),
+            });
+        } else if was != 0 && was != info.id() {
+            out.push(Mismatch {
+                pin,
+                field: "id",
+                found: format!("{} (another map of the same shape)", info.id()),
+                expected: format!("{was}, the map the programs were attached with"),
             });
         } else {
             // Only maps that fit are cross-checked with the links: one mismatch, one line.
@@ -167,6 +176,56 @@ pub fn mismatches(
         }
     }
     Ok(out)
+}
+
+/// The pinned maps whose ids the meta records, in order: every map but the meta itself.
+fn recorded_maps() -> impl Iterator<Item = (usize, &'static str)> {
+    MAPS.iter().copied().filter(|m| *m != MAP_META).enumerate()
+}
+
+/// The ids recorded by the last start (none when the meta is unreadable or predates them).
+fn recorded_map_ids(dir: &Path) -> BTreeMap<&'static str, u32> {
+    let Ok(meta) = pins::pinned_meta(dir) else {
+        return BTreeMap::new();
+    };
+    recorded_maps()
+        .filter_map(|(i, m)| {
+            let word = meta.reserved.get(i / 2)?;
+            let id = u32::try_from((word >> (32 * (i % 2))) & 0xffff_ffff).ok()?;
+            (id != 0).then_some((m, id))
+        })
+        .collect()
+}
+
+/// After a load, when the pins are this build's by construction: records the pinned maps'
+/// ids in the meta, for the next start's check. Needs no privilege beyond opening the pins,
+/// unlike asking each program which maps it uses (`CAP_SYS_ADMIN`).
+pub(crate) fn record_map_ids(dir: &Path) -> Result<(), LoadError> {
+    let md = MapData::from_pin(map_path(dir, MAP_META)).map_err(map_err(
+        MAP_META,
+        MapStep::Open,
+        Some(dir),
+    ))?;
+    let mut arr: Array<MapData, Meta> =
+        Array::try_from(Map::Array(md)).map_err(map_err(MAP_META, MapStep::Type, Some(dir)))?;
+    let mut meta = arr
+        .get(&0, 0)
+        .map_err(map_err(MAP_META, MapStep::Read, Some(dir)))?;
+    let mut words = [0u64; 3];
+    for (i, m) in recorded_maps() {
+        let id = MapData::from_pin(map_path(dir, m))
+            .and_then(|d| d.info())
+            .map_or(0, |info| info.id());
+        if let Some(w) = words.get_mut(i / 2) {
+            *w |= u64::from(id) << (32 * (i % 2));
+        }
+    }
+    if meta.reserved[..3] == words {
+        return Ok(());
+    }
+    meta.reserved[..3].copy_from_slice(&words);
+    arr.set(0, &meta, 0)
+        .map_err(map_err(MAP_META, MapStep::Write, Some(dir)))
 }
 
 /// A meta that was created but never written (magic 0: a loader died half way) is not
