@@ -573,7 +573,10 @@ fn pins_removed_or_replaced() -> CaseResult {
     // Stopped: each fault, then a start.
     let stopped: [(&str, &str); 6] = [
         ("remove maps/CTX_CPU", "pins CTX_CPU missing"),
-        ("replace maps/CTX_CPU (same shape)", "pin=\"maps/CTX_CPU\" field=\"id\""),
+        (
+            "replace maps/CTX_CPU (same shape)",
+            "pin=\"maps/CTX_CPU\" field=\"id\"",
+        ),
         ("replace maps/CTX_META (value 8)", "field=\"value size\""),
         ("replace maps/CTX_META (never written)", "field=\"magic\""),
         ("remove links/sys_enter", ""),

@@ -248,15 +248,25 @@ impl PinWatch {
         }
         if !repaired.is_empty() {
             self.health.note_repair();
+            let pins: Vec<String> = repaired
+                .iter()
+                .map(|p| p.strip_prefix(&self.dir).unwrap_or(p).display().to_string())
+                .collect();
             warn!(
                 dir = %self.dir.display(),
-                pins = %repaired.iter().map(|p| p.strip_prefix(&self.dir).unwrap_or(p).display().to_string()).collect::<Vec<_>>().join(", "),
+                pins = %pins.join(", "),
                 "pins removed or replaced while running; pinned again from the daemon's own \
                  descriptors (nothing re-attached)"
             );
         }
-        self.health
-            .set((!problems.is_empty()).then(|| problems.join("; ")));
+        let problem = (!problems.is_empty()).then(|| problems.join("; "));
+        // Once per breakage, not every check: /healthz and ctx_pins_ok say it meanwhile.
+        if let Some(p) = &problem
+            && self.health.ok()
+        {
+            warn!(dir = %self.dir.display(), "pins broken: {p}");
+        }
+        self.health.set(problem);
         repaired
     }
 }
@@ -330,4 +340,33 @@ pub fn attached_tracepoints(mask: u32) -> impl Iterator<Item = &'static str> {
         .enumerate()
         .filter(move |(i, _)| mask & (1 << i) != 0)
         .map(|(_, h)| h.tracepoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repairs_continue_the_ledger_and_only_go_up() {
+        let h = PinHealth::default();
+        assert!(h.ok() && h.problem().is_none());
+        h.seed(5, 1_000);
+        h.seed(3, 10);
+        assert_eq!((h.repairs(), h.repaired_unix_ns()), (5, 1_000));
+        h.note_repair();
+        assert_eq!(h.repairs(), 6);
+        assert!(h.repaired_unix_ns() > 1_000);
+        h.set(Some("maps/CTX_CPU is gone".into()));
+        assert!(!h.ok());
+        assert_eq!(h.problem().as_deref(), Some("maps/CTX_CPU is gone"));
+    }
+
+    #[test]
+    fn a_watch_over_nothing_finds_nothing() {
+        let dir = std::env::temp_dir().join(format!("ctx-pinwatch-{}", std::process::id()));
+        let mut w = PinWatch::hold(&dir, std::iter::empty(), std::sync::Arc::default());
+        assert_eq!(w.held(), 0);
+        assert!(w.check().is_empty());
+        assert!(w.health.ok());
+    }
 }
