@@ -23,9 +23,122 @@ use crate::encoding::{CpuState, MODE_MASK, SeedState};
 
 pub const CACHE_LINE: usize = 64;
 
-/// Bumped whenever the layout of [`CpuRecord`] or [`Meta`] changes; pinned maps of another
-/// version are not reused.
-pub const ABI_VERSION: u32 = 1;
+/// The layout of everything the programs and user space share through pinned maps, as one
+/// number: a hash of each shared type's size and alignment and of each field's offset,
+/// computed at compile time. A layout change changes it without anyone remembering to bump
+/// it; pinned maps of another value are not reused. Never 0, which a [`Meta`] that was created
+/// but never written reads.
+pub const ABI_VERSION: u32 = abi_of(&layout_words());
+
+macro_rules! layout {
+    ($w:ident, $i:ident, $t:ty { $($f:ident),* $(,)? }) => {
+        $w[$i] = core::mem::size_of::<$t>() as u64;
+        $w[$i + 1] = core::mem::align_of::<$t>() as u64;
+        $i += 2;
+        $(
+            $w[$i] = core::mem::offset_of!($t, $f) as u64;
+            $i += 1;
+        )*
+    };
+}
+
+/// Sizes, alignments and field offsets of the shared types, in a fixed order.
+const fn layout_words() -> [u64; LAYOUT_WORDS] {
+    let mut w = [0u64; LAYOUT_WORDS];
+    let mut i = 0;
+    layout!(
+        w,
+        i,
+        MainPart {
+            seq_end,
+            counter,
+            last_ts,
+            res_ns,
+            kernel_entries,
+            syscalls,
+            page_faults,
+            idle_entries,
+            event_seq,
+            idle,
+            source,
+            last_event,
+            offline,
+            resyncs,
+            reserved,
+            seq_begin,
+        }
+    );
+    layout!(
+        w,
+        i,
+        NmiPart {
+            seq_end,
+            counter,
+            nmis,
+            ns_total,
+            ns_from,
+            enter_ts,
+            enter_slot,
+            seq_begin,
+            group_last_ts,
+            group_handlers,
+            group_len,
+        }
+    );
+    layout!(
+        w,
+        i,
+        IrqPart {
+            counts,
+            claimed_seq,
+            pad,
+            reserved
+        }
+    );
+    layout!(w, i, CpuRecord { main, nmi, irq });
+    layout!(
+        w,
+        i,
+        Meta {
+            magic,
+            abi,
+            hooks_attached,
+            attached_at_ns,
+            attached_mono_ns,
+            attached_by_pid,
+            pad,
+            reserved,
+        }
+    );
+    layout!(w, i, Config { ct_cpus });
+    layout!(w, i, Ledger { words });
+    w[i] = MAX_CPUS as u64;
+    w[i + 1] = LEDGER_GLOBAL_ENTRIES as u64;
+    assert!(
+        i + 2 == LAYOUT_WORDS,
+        "LAYOUT_WORDS must count every word above"
+    );
+    w
+}
+
+const LAYOUT_WORDS: usize = 2 * 7 + 16 + 11 + 4 + 3 + 8 + 1 + 1 + 2;
+
+/// FNV-1a (32 bit) over the words' little-endian bytes; 0 is mapped away.
+const fn abi_of(words: &[u64]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < words.len() {
+        let b = words[i].to_le_bytes();
+        let mut j = 0;
+        while j < 8 {
+            h ^= b[j] as u32;
+            h = h.wrapping_mul(0x0100_0193);
+            j += 1;
+        }
+        i += 1;
+    }
+    if h == 0 { 1 } else { h }
+}
 /// "ctx\0rec\0" as little-endian bytes: marks a [`Meta`] written by ctx.
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"ctx\0rec\0");
 
@@ -258,6 +371,10 @@ pub struct Meta {
     /// Process that attached.
     pub attached_by_pid: u32,
     pub pad: u32,
+    /// Words 0-2: the kernel ids of the other pinned maps, two to a word in
+    /// `ctx_common::programs::MAPS` order (`CTX_META` skipped), recorded by the daemon after each
+    /// start, so a later start can tell a pin replaced by another map of the same shape without
+    /// the privilege to ask the programs which maps they use. 0: not recorded.
     pub reserved: [u64; 4],
 }
 
@@ -317,6 +434,21 @@ const _: () = {
     assert!(core::mem::offset_of!(MainPart, seq_begin) == 2 * CACHE_LINE - 8);
     assert!(core::mem::offset_of!(NmiPart, seq_end) == 0);
 };
+
+#[cfg(test)]
+mod abi_tests {
+    use super::*;
+
+    #[test]
+    fn the_abi_follows_the_layout() {
+        assert_ne!(ABI_VERSION, 0);
+        let mut w = layout_words();
+        assert_eq!(abi_of(&w), ABI_VERSION);
+        // Any moved field gives another ABI.
+        w[3] += 8;
+        assert_ne!(abi_of(&w), ABI_VERSION);
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {

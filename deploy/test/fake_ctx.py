@@ -148,6 +148,11 @@ class Model:
         family("ctx_sample_torn_total", "counter", "Records caught mid-write and read again.",
                [("", [], 0.01 * t)])
         family("ctx_sampler_up", "gauge", "1 while sampling is fresh.", [("", [], 1.0)])
+        family("ctx_pins_ok", "gauge", "1 while every pin is in place and the daemon's own.",
+               [("", [], 1.0)])
+        family("ctx_pins_repairs_total", "counter", "Times pins were repaired.", [("", [], 0.0)])
+        family("ctx_pins_repaired_timestamp_seconds", "gauge", "Unix time of the last pin repair.",
+               [("", [], 0.0)])
         return "\n".join(out) + "\n"
 
 

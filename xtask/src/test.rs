@@ -68,7 +68,9 @@ fn run_all(o: &Options) -> anyhow::Result<()> {
         // The real-kernel tests must run, not skip, where they can.
         t.env("CTX_REQUIRE_KERNEL_TESTS", "1");
     }
-    step("tests (unit, property, real kernel, Prometheus)", &mut t)?;
+    let tests = step("tests (unit, property, real kernel, Prometheus)", &mut t);
+    print_fault_table();
+    tests?;
     step("deploy checks", Command::new("bash").arg("deploy/check.sh"))?;
     if !o.skip_vm {
         step(
@@ -77,6 +79,15 @@ fn run_all(o: &Options) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The fault suite's results (ctx-daemon/tests/faults.rs writes them), shown after the tests
+/// whether they passed or not.
+fn print_fault_table() {
+    match std::fs::read_to_string(crate::cmd::root().join("target/faults.txt")) {
+        Ok(t) => eprint!("{t}"),
+        Err(e) => eprintln!("fault suite: no results in target/faults.txt ({e})"),
+    }
 }
 
 pub fn run(o: &Options) -> anyhow::Result<()> {

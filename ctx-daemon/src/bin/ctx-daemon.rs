@@ -13,6 +13,7 @@ use ctx::cli::parse_sample_interval;
 use ctx::daemon::config::{self, DEFAULT_CONFIG, FlagConfig, Settings};
 use ctx::daemon::ledger::LedgerMap;
 use ctx::daemon::lock;
+use ctx::daemon::pinwatch::{self, PinHealth, PinWatch};
 use ctx::daemon::service::{self, SamplingLoop, Stop};
 use ctx::host::btf::{CtLayout, KernelBtf};
 use ctx::host::cpuset::CpuSet;
@@ -21,12 +22,12 @@ use ctx::host::system::{self, SysRoot};
 use ctx::model::sweeps::SweepTotals;
 use ctx::outputs::metrics::{ExportStatic, ExportView};
 use ctx::outputs::serve::{self, Shared};
-use ctx::probes::attach::{self, LoadOptions};
 use ctx::outputs::webconfig::WebConfig;
+use ctx::probes::attach::{self, LoadOptions};
 use ctx::probes::hooks::HookStatus;
 use ctx::probes::{LoadError, LogSource, pins};
 use ctx::session::{Attach, Session};
-use ctx_common::programs::{DETECTED_ONLY, HOOKS, MAP_META};
+use ctx_common::programs::{DETECTED_ONLY, MAP_META};
 use sd_notify::NotifyState;
 use tracing::{info, warn};
 
@@ -118,9 +119,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
 fn run(args: &Args) -> anyhow::Result<()> {
     let set = settings(args)?;
     if args.detach {
-        let r = pins::detach(&set.pin_dir)?;
-        info!(links = r.links, maps = r.maps, dir = %set.pin_dir.display(), "detached");
-        return Ok(());
+        return detach(&set);
     }
     let sys = SysRoot::default();
     config::check_cpus(set.cpus.as_ref(), &sys.possible()?)?;
@@ -133,13 +132,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         return check(&set, &sys, &web);
     }
     // Fail on missing privileges before binding or attaching anything.
-    let missing = system::missing_caps(sys.effective_caps()?);
-    if !missing.is_empty() {
-        return Err(LoadError::Capabilities {
-            missing: missing.join(", "),
-        }
-        .into());
-    }
+    require_caps(&sys)?;
     if set.housekeeping_affinity
         && let Some(cpus) = service::pin_to_housekeeping(&sys)
     {
@@ -161,6 +154,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
         LogSource::None => None,
     };
     let ledger = session.probes.ledger.take().map(LedgerMap::new);
+    let pin_health = Arc::new(PinHealth::default());
+    let watch = PinWatch::hold(
+        &set.pin_dir,
+        pinwatch::attached_tracepoints(session.probes.meta.hooks_attached),
+        Arc::clone(&pin_health),
+    );
     match service::drop_capabilities() {
         Ok(kept) => info!(kept = %kept, "dropped capabilities not needed for sampling"),
         Err(e) => warn!("could not drop capabilities: {e}"),
@@ -168,15 +167,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     let links = pins::expected_pins(
         &set.pin_dir,
-        HOOKS
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| session.probes.meta.hooks_attached & (1 << i) != 0)
-            .map(|(_, h)| h.tracepoint),
+        pinwatch::attached_tracepoints(session.probes.meta.hooks_attached),
     );
     let stat = ExportStatic {
         facts: session.facts.clone(),
         cpus: set.cpus.clone(),
+        pins: Some(Arc::clone(&pin_health)),
     };
 
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 3);
@@ -192,8 +188,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
         interval: set.sample_interval,
         totals: SweepTotals::default(),
         watchdog,
+        pins: Some(Arc::clone(&pin_health)),
     };
     sampler.restore();
+    if sampler.session.probes.repaired.is_some() {
+        pin_health.note_repair();
+    }
     system::release_startup_memory();
     let first = sampler
         .step()
@@ -215,7 +215,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         web,
         limits,
     };
-    serve_until_stopped(sampler, http, logger, &status)?;
+    serve_until_stopped(sampler, watch, http, logger, &status)?;
     info!(
         "stopped; programs stay attached (pinned) for the next start; `ctx-daemon --detach` removes them"
     );
@@ -247,6 +247,31 @@ fn bind(args: &Args, set: &Settings) -> anyhow::Result<(TcpListener, SocketAddr)
         );
     }
     Ok((listener, listen))
+}
+
+/// The capabilities attaching needs, all of them, or an error naming the missing ones.
+fn require_caps(sys: &SysRoot) -> anyhow::Result<()> {
+    let missing = system::missing_caps(sys.effective_caps()?);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(LoadError::Capabilities {
+        missing: missing.join(", "),
+    }
+    .into())
+}
+
+/// `--detach`. A running daemon would pin again what is removed under it: it must be stopped
+/// first, which its lock on the pin dir tells.
+fn detach(set: &Settings) -> anyhow::Result<()> {
+    let _lock = if set.pin_dir.is_dir() {
+        Some(lock::lock(&set.pin_dir)?)
+    } else {
+        None
+    };
+    let r = pins::detach(&set.pin_dir)?;
+    info!(links = r.links, maps = r.maps, dir = %set.pin_dir.display(), "detached");
+    Ok(())
 }
 
 /// Attaches (or reuses the pins) and says what became of each hook.
@@ -298,6 +323,7 @@ struct Http {
 /// Runs the sampling thread and the HTTP server until SIGTERM or SIGINT.
 fn serve_until_stopped(
     sampler: SamplingLoop,
+    mut watch: PinWatch,
     http: Http,
     logger: Option<Logger>,
     status: &str,
@@ -309,6 +335,15 @@ fn serve_until_stopped(
         .name("ctx-sampler".into())
         .spawn(move || sampler.run(&stop_s))
         .context("starting the sampler thread")?;
+    let stop_w = Arc::clone(&stop);
+    let watch_thread = std::thread::Builder::new()
+        .name("ctx-pins".into())
+        .spawn(move || {
+            while !stop_w.wait(pinwatch::CHECK_EVERY) {
+                watch.check();
+            }
+        })
+        .context("starting the pin check thread")?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -338,6 +373,9 @@ fn serve_until_stopped(
     stop.ask();
     if sampler_thread.join().is_err() {
         warn!("sampler thread panicked");
+    }
+    if watch_thread.join().is_err() {
+        warn!("pin check thread panicked");
     }
     served.context("serving HTTP")
 }

@@ -4,7 +4,8 @@
 //!
 //! Layout of `CTX_LEDGER`: entry `cpu` holds that CPU's sample counts by verdict in words 0-2;
 //! entry `n` (the number of CPU slots) holds the sampler totals; entry `n + 1` holds the
-//! sample-duration histogram's buckets.
+//! sample-duration histogram's buckets. Words 6-7 of the totals were 0 before pin repairs were
+//! counted there, which reads as "none yet".
 
 use aya::maps::{Array, MapData};
 use ctx_common::programs::MAP_LEDGER;
@@ -25,8 +26,8 @@ fn to_entries(t: SweepTotals) -> [Ledger; 2] {
                 t.errors,
                 t.duration_count,
                 t.duration_sum_ns,
-                0,
-                0,
+                t.pin_repairs,
+                t.pin_repaired_unix_ns,
             ],
         },
         Ledger { words: t.buckets },
@@ -43,6 +44,8 @@ fn from_entries(a: &Ledger, b: &Ledger) -> SweepTotals {
         duration_count: w[4],
         duration_sum_ns: w[5],
         buckets: b.words,
+        pin_repairs: w[6],
+        pin_repaired_unix_ns: w[7],
     }
 }
 
@@ -124,6 +127,8 @@ mod tests {
         let mut t = SweepTotals {
             sweeps: 7,
             errors: 1,
+            pin_repairs: 2,
+            pin_repaired_unix_ns: 1_700_000_000_000_000_000,
             ..Default::default()
         };
         t.observe(20_000);

@@ -2,13 +2,15 @@
 //! capabilities once attached, and systemd notifications.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ctx_common::{Source, Verdict};
 use tracing::{info, warn};
 
 use crate::daemon::ledger::LedgerMap;
+use crate::daemon::pinwatch::PinHealth;
 use crate::host::cpuset::CpuSet;
 use crate::host::system::{self, SysRoot};
 use crate::model::sweeps::SweepTotals;
@@ -89,45 +91,43 @@ pub fn notify(states: &[sd_notify::NotifyState]) {
 
 /// A stop request the sampler waits on: its sleep ends the moment stop is asked, so SIGTERM
 /// stops the daemon promptly at any interval (and the final ledger write is not cut off by
-/// systemd's stop timeout).
+/// systemd's stop timeout). The per-sweep check is a plain atomic load; the mutex and condvar
+/// serve only the sleep.
 #[derive(Default)]
 pub struct Stop {
+    fast: AtomicBool,
     asked: Mutex<bool>,
     cv: Condvar,
 }
 
 impl Stop {
     pub fn ask(&self) {
-        match self.asked.lock() {
-            Ok(mut g) => *g = true,
-            Err(p) => *p.into_inner() = true,
-        }
+        self.fast.store(true, Ordering::Release);
+        *self.asked.lock().unwrap_or_else(PoisonError::into_inner) = true;
         self.cv.notify_all();
     }
 
     pub fn asked(&self) -> bool {
-        match self.asked.lock() {
-            Ok(g) => *g,
-            Err(p) => *p.into_inner(),
-        }
+        self.fast.load(Ordering::Acquire)
     }
 
     /// Sleeps for `d` or until stop is asked; true when it was.
     pub fn wait(&self, d: Duration) -> bool {
+        if self.asked() {
+            return true;
+        }
         let deadline = Instant::now() + d;
-        let mut g = match self.asked.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut g = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
         while !*g {
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            g = match self.cv.wait_timeout(g, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            g = self
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
         true
     }
@@ -142,6 +142,8 @@ pub struct SamplingLoop {
     pub totals: SweepTotals,
     /// How often to feed systemd's watchdog (`None`: not asked to).
     pub watchdog: Option<Duration>,
+    /// Pin repairs, counted by the pin check and persisted here with the other counters.
+    pub pins: Option<Arc<PinHealth>>,
 }
 
 fn unix_now() -> f64 {
@@ -171,6 +173,9 @@ impl SamplingLoop {
         match l.read_totals() {
             Ok(t) => self.totals = self.totals.max(t),
             Err(e) => warn!("{e}"),
+        }
+        if let Some(p) = &self.pins {
+            p.seed(self.totals.pin_repairs, self.totals.pin_repaired_unix_ns);
         }
         for cpu in self.session.possible.iter() {
             match l.read_cpu(cpu) {
@@ -204,6 +209,11 @@ impl SamplingLoop {
     /// Persists, then returns what was persisted (what scrapes may show).
     fn flush(&mut self) -> (Arc<BTreeMap<u32, Samples>>, SweepTotals) {
         let verdicts = self.verdicts();
+        if let Some(p) = &self.pins {
+            self.totals.pin_repairs = self.totals.pin_repairs.max(p.repairs());
+            self.totals.pin_repaired_unix_ns =
+                self.totals.pin_repaired_unix_ns.max(p.repaired_unix_ns());
+        }
         if let Some(l) = &mut self.ledger {
             let mut ok = l
                 .write_totals(self.totals)

@@ -18,6 +18,11 @@ pub struct SweepTotals {
     pub duration_sum_ns: u64,
     /// Cumulative counts per bucket of [`DURATION_BUCKETS`].
     pub buckets: [u64; 8],
+    /// Times the pins were found missing or mismatched and repaired (at start or while
+    /// running), and when that last happened (`CLOCK_REALTIME` ns, 0: never). Kept with the
+    /// other counters so that they, too, survive restarts.
+    pub pin_repairs: u64,
+    pub pin_repaired_unix_ns: u64,
 }
 
 impl SweepTotals {
@@ -51,6 +56,8 @@ impl SweepTotals {
             duration_count: self.duration_count.max(o.duration_count),
             duration_sum_ns: self.duration_sum_ns.max(o.duration_sum_ns),
             buckets: std::array::from_fn(|i| self.buckets[i].max(o.buckets[i])),
+            pin_repairs: self.pin_repairs.max(o.pin_repairs),
+            pin_repaired_unix_ns: self.pin_repaired_unix_ns.max(o.pin_repaired_unix_ns),
         }
     }
 }

@@ -15,6 +15,7 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 
+use crate::daemon::pinwatch::PinHealth;
 use crate::host::cpuset::CpuSet;
 use crate::model::sweeps::{DURATION_BUCKETS, SweepTotals};
 use crate::model::{Counts, CpuSample, Facts, Sample, Samples};
@@ -26,6 +27,8 @@ pub struct ExportStatic {
     pub facts: Facts,
     /// Only these CPUs are exported (`--cpus`); `None` exports all.
     pub cpus: Option<CpuSet>,
+    /// The pins' state, kept current by the daemon's pin check (`None`: not watched).
+    pub pins: Option<Arc<PinHealth>>,
 }
 
 /// One scrape's worth of data.
@@ -130,7 +133,7 @@ fn flag(b: bool) -> f64 {
 }
 
 /// Everything exported, in exposition order.
-pub const CATALOGUE: [Def; 23] = [
+pub const CATALOGUE: [Def; 26] = [
     cpu(
         "ctx_cpu_seconds_total",
         "Time each CPU spent per state (user, kernel, idle, nmi), from context-tracking (or syscall) transitions, including the interval still open at the sample.",
@@ -307,6 +310,23 @@ pub const CATALOGUE: [Def; 23] = [
         "Unix time the eBPF programs were attached (kept across daemon restarts).",
         GAUGE,
         |f, st, _| f.gauge(&[], st.facts.attached_unix),
+    ),
+    host(
+        "ctx_pins_ok",
+        "1 while every pinned map and link is in place and is the daemon's own; 0 when one is gone or replaced and could not be pinned again (see /healthz).",
+        GAUGE,
+        |f, st, _| f.gauge(&[], flag(st.pins.as_ref().is_none_or(|p| p.ok()))),
+    ),
+    sweep_counter(
+        "ctx_pins_repairs_total",
+        "Times pins were found missing, replaced or not matching this build and repaired (re-pinned while running, or a clean re-attach at start).",
+        |t| t.pin_repairs,
+    ),
+    host(
+        "ctx_pins_repaired_timestamp_seconds",
+        "Unix time of the last pin repair (0: never).",
+        GAUGE,
+        |f, _, v| f.gauge(&[], v.totals.pin_repaired_unix_ns as f64 * SEC),
     ),
 ];
 
@@ -486,7 +506,11 @@ pub(crate) mod tests {
             (1, Samples::from_array([0, 9, 1])),
         ]);
         (
-            ExportStatic { facts, cpus: None },
+            ExportStatic {
+                facts,
+                cpus: None,
+                pins: None,
+            },
             ExportView {
                 sample: Arc::new(sample),
                 verdicts: Arc::new(verdicts),

@@ -72,6 +72,9 @@ impl Shared {
         if !self.fresh() {
             return Some("sampler stale: no sweep within the last second".into());
         }
+        if let Some(why) = self.stat.pins.as_ref().and_then(|p| p.problem()) {
+            return Some(format!("pins broken: {why}"));
+        }
         let gone: Vec<String> = self
             .links
             .iter()
@@ -80,8 +83,8 @@ impl Shared {
             .collect();
         (!gone.is_empty()).then(|| {
             format!(
-                "pins gone (programs detached or maps orphaned): {} missing; restart ctx-daemon \
-                 to attach cleanly",
+                "pins gone (programs detached or maps orphaned): {} missing; the daemon pins \
+                 them again within seconds when it can (ctx_pins_ok), else restart ctx-daemon",
                 gone.join(", ")
             )
         })
@@ -356,6 +359,12 @@ mod tests {
         Arc::new(Shared::new(st, v, max_age_ns, links))
     }
 
+    /// A plain GET of `path`.
+    async fn get_path(s: &Arc<Shared>, path: &str) -> (StatusCode, String) {
+        let (st, body, _) = get(s, Request::get(path).body(Body::empty()).unwrap()).await;
+        (st, String::from_utf8(body).unwrap())
+    }
+
     async fn get(s: &Arc<Shared>, req: Request<Body>) -> (StatusCode, Vec<u8>, Option<String>) {
         let r = router(Arc::clone(s)).oneshot(req).await.unwrap();
         let status = r.status();
@@ -370,10 +379,8 @@ mod tests {
     #[tokio::test]
     async fn routes() {
         let s = shared(u64::MAX, vec![]);
-        let (st, body, enc) = get(&s, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+        let (st, text) = get_path(&s, "/metrics").await;
         assert_eq!(st, StatusCode::OK);
-        assert_eq!(enc, None);
-        let text = String::from_utf8(body).unwrap();
         assert!(text.contains("ctx_cpu_seconds_total{cpu=\"1\",state=\"user\"}"));
         assert!(text.contains("ctx_sampler_up 1"));
 
@@ -393,10 +400,8 @@ mod tests {
             .unwrap();
         assert_eq!(plain, text);
 
-        let (st, ..) = get(&s, Request::get("/healthz").body(Body::empty()).unwrap()).await;
-        assert_eq!(st, StatusCode::OK);
-        let (st, ..) = get(&s, Request::get("/nope").body(Body::empty()).unwrap()).await;
-        assert_eq!(st, StatusCode::NOT_FOUND);
+        assert_eq!(get_path(&s, "/healthz").await.0, StatusCode::OK);
+        assert_eq!(get_path(&s, "/nope").await.0, StatusCode::NOT_FOUND);
         let (st, ..) = get(&s, Request::post("/metrics").body(Body::empty()).unwrap()).await;
         assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
     }
@@ -440,16 +445,41 @@ mod tests {
     async fn health_follows_freshness_and_links() {
         let s = shared(0, vec![]);
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let (st, body, _) = get(&s, Request::get("/healthz").body(Body::empty()).unwrap()).await;
+        let (st, body) = get_path(&s, "/healthz").await;
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(String::from_utf8_lossy(&body).contains("stale"));
-        let (_, body, _) = get(&s, Request::get("/metrics").body(Body::empty()).unwrap()).await;
-        assert!(String::from_utf8_lossy(&body).contains("ctx_sampler_up 0"));
+        assert!(body.contains("stale"), "{body}");
+        assert!(
+            get_path(&s, "/metrics")
+                .await
+                .1
+                .contains("ctx_sampler_up 0")
+        );
 
         let s = shared(u64::MAX, vec![PathBuf::from("/nonexistent/ctx/link")]);
-        let (st, body, _) = get(&s, Request::get("/healthz").body(Body::empty()).unwrap()).await;
+        let (st, body) = get_path(&s, "/healthz").await;
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(String::from_utf8_lossy(&body).contains("detached"));
+        assert!(body.contains("detached"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn health_and_metrics_follow_the_pin_check() {
+        let (mut st, v) = crate::outputs::metrics::tests::fixture();
+        let pins = Arc::new(crate::daemon::pinwatch::PinHealth::default());
+        st.pins = Some(Arc::clone(&pins));
+        let s = Arc::new(Shared::new(st, v, u64::MAX, vec![]));
+        assert!(get_path(&s, "/metrics").await.1.contains("ctx_pins_ok 1"));
+        pins.set(Some(
+            "maps/CTX_CPU was replaced and pinning it again failed".into(),
+        ));
+        let (code, body) = get_path(&s, "/healthz").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.contains("pins broken") && body.contains("CTX_CPU"),
+            "{body}"
+        );
+        assert!(get_path(&s, "/metrics").await.1.contains("ctx_pins_ok 0"));
+        pins.set(None);
+        assert_eq!(get_path(&s, "/healthz").await.0, StatusCode::OK);
     }
 
     #[tokio::test]
@@ -473,29 +503,28 @@ mod tests {
         slow.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         // ...so the next client is refused at once, not left waiting.
-        let mut next = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut got = Vec::new();
-        next.read_to_end(&mut got).await.unwrap();
-        assert!(
-            got.starts_with(b"HTTP/1.1 503"),
-            "{}",
-            String::from_utf8_lossy(&got)
-        );
+        let got = exchange(addr, b"").await;
+        assert!(got.starts_with("HTTP/1.1 503"), "{got}");
         // The header-read timeout (hyper has a timer) closes the slowloris and frees the slot.
         let mut rest = Vec::new();
         let closed =
             tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
         assert!(closed.is_ok(), "slowloris not closed");
-        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
-        ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        let got = exchange(
+            addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    }
+
+    /// Connects, sends `req`, and reads until the server closes.
+    async fn exchange(addr: std::net::SocketAddr, req: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(req).await.unwrap();
         let mut got = Vec::new();
-        ok.read_to_end(&mut got).await.unwrap();
-        assert!(
-            got.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&got)
-        );
+        c.read_to_end(&mut got).await.unwrap();
+        String::from_utf8_lossy(&got).into_owned()
     }
 }

@@ -19,9 +19,9 @@ use crate::host::btf::KernelBtf;
 use crate::host::cpuset::CpuSet;
 use crate::host::system::{self, SysRoot};
 use crate::probes::hooks::{HookReport, HookStatus};
-use crate::probes::pins::{self, check_pinned_meta, link_path, map_path, prepare_pin_dir};
+use crate::probes::pins::{link_path, map_path, prepare_pin_dir};
 use crate::probes::verify::{self, LogPlace};
-use crate::probes::{LoadError, LogSource, MapStep, Probes, check_caps, map_err};
+use crate::probes::{LoadError, LogSource, MapStep, Probes, check_caps, map_err, pincheck};
 
 /// The eBPF object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ctx"));
@@ -492,14 +492,15 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
     let det = Detection::of(&opts.sys);
     let ct_layout = det.btf.as_ref().and_then(KernelBtf::ct_layout);
     let pin = opts.pin_dir.as_deref();
-    if let Some(dir) = pin {
-        prepare_pin_dir(dir)?;
-        pins::repair_partial(dir)?;
-        check_pinned_meta(dir)?;
-    }
-
     let possible = opts.sys.possible()?;
     let ncpu = possible.max().map_or(1, |m| m + 1);
+    let repaired = match pin {
+        Some(dir) => {
+            prepare_pin_dir(dir)?;
+            pincheck::reconcile(dir, OBJECT, ncpu + LEDGER_GLOBAL_ENTRIES)?
+        }
+        None => None,
+    };
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_LEDGER, ncpu + LEDGER_GLOBAL_ENTRIES);
     det.set_globals(&mut loader);
@@ -533,6 +534,9 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
     };
     write_config(&mut ebpf, &ct_cpus)?;
     let meta = write_meta(&mut ebpf, &report)?;
+    if let Some(dir) = pin {
+        pincheck::record_map_ids(dir)?;
+    }
     let cpu: PerCpuArray<MapData, _> = take(&mut ebpf, MAP_CPU)?;
     let ledger = match ebpf.take_map(MAP_LEDGER) {
         Some(m) => Some(Array::try_from(m).map_err(map_err(MAP_LEDGER, MapStep::Type, None))?),
@@ -552,6 +556,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, LoadError> {
         pin_dir: opts.pin_dir.clone(),
         ct_layout,
         ct_cpus,
+        repaired,
     })
 }
 
@@ -740,6 +745,19 @@ mod tests {
             assert_eq!(thread_size(&b), 16384);
         }
         assert!(SwitchVariant::Stack.why().contains("no bpf_task_pt_regs"));
+    }
+
+    #[test]
+    fn the_object_declares_every_pinned_map_with_the_shared_layouts() {
+        if OBJECT.is_empty() {
+            return;
+        }
+        let want = pincheck::declared(OBJECT, 10).unwrap();
+        assert_eq!(want.len(), MAPS.len());
+        let cpu = want[MAP_CPU];
+        assert_eq!(cpu.value_size as usize, size_of::<ctx_common::CpuRecord>());
+        assert_eq!(want[MAP_META].value_size as usize, size_of::<Meta>());
+        assert_eq!(want[MAP_LEDGER].max_entries, 10);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! * [`attach`]: load the object and attach every hook the kernel has (with feature detection),
 //!   or the benchmark's baseline programs.
+//! * [`pincheck`]: pinned maps and links compared with this build before reuse; a mismatch is
+//!   repaired by a clean re-attach.
 //! * [`pins`]: a daemon's pinned maps and links, reused instead of attaching again, and removed
 //!   by `ctx-daemon --detach`.
 //! * [`hooks`]: what became of each hook of the table in `ctx_common::programs`.
@@ -13,6 +15,7 @@
 
 pub mod attach;
 pub mod hooks;
+pub mod pincheck;
 pub mod pins;
 pub mod verify;
 
@@ -158,6 +161,8 @@ pub struct Probes {
     pub ct_layout: Option<CtLayout>,
     /// CPUs the loader told the programs are driven by context tracking.
     pub ct_cpus: CpuSet,
+    /// What the start repaired in the pin dir (missing or mismatched pins), if anything.
+    pub repaired: Option<String>,
 }
 
 impl Probes {

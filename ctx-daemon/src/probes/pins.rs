@@ -145,7 +145,7 @@ fn mount_bpffs(at: &Path) -> io::Result<()> {
 }
 
 /// The pinned `CTX_META`, opened and read.
-fn pinned_meta(dir: &Path) -> Result<Meta, LoadError> {
+pub(crate) fn pinned_meta(dir: &Path) -> Result<Meta, LoadError> {
     let md = MapData::from_pin(map_path(dir, MAP_META)).map_err(map_err(
         MAP_META,
         MapStep::Open,
@@ -236,6 +236,7 @@ pub fn open_pinned(dir: &Path, sys: &SysRoot) -> Result<Option<Probes>, LoadErro
         pin_dir: Some(dir.to_owned()),
         ct_layout: None,
         ct_cpus,
+        repaired: None,
     }))
 }
 
@@ -271,6 +272,18 @@ pub(crate) fn repair_partial(dir: &Path) -> Result<Option<String>, LoadError> {
     if missing.is_empty() || present + links == 0 {
         return Ok(None);
     }
+    remove_for_reattach(dir, false)?;
+    let what = format!(
+        "pins {} missing; removed the other {present} map and {links} link pins to attach cleanly",
+        missing.join(", ")
+    );
+    warn!(dir = %dir.display(), "{what}");
+    Ok(Some(what))
+}
+
+/// Removes every link pin and every map pin but the ledger's (and the ledger's too when
+/// `ledger`), so that the next load attaches cleanly.
+pub(crate) fn remove_for_reattach(dir: &Path, ledger: bool) -> Result<(), LoadError> {
     let remove = |p: &Path| match fs::remove_file(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -279,15 +292,10 @@ pub(crate) fn repair_partial(dir: &Path) -> Result<Option<String>, LoadError> {
     for h in &HOOKS {
         remove(&link_path(dir, h.tracepoint))?;
     }
-    for m in MAPS.iter().filter(|m| **m != MAP_LEDGER) {
+    for m in MAPS.iter().filter(|m| ledger || **m != MAP_LEDGER) {
         remove(&map_path(dir, m))?;
     }
-    let what = format!(
-        "pins {} missing; removed the other {present} map and {links} link pins to attach cleanly",
-        missing.join(", ")
-    );
-    warn!(dir = %dir.display(), "{what}");
-    Ok(Some(what))
+    Ok(())
 }
 
 /// What `detach` removed.
