@@ -3,9 +3,8 @@
 //! cleaned up with `--detach`. It prints (and writes to `target/faults.txt`, which
 //! `cargo xtask test` shows) one row per case: the fault, the result and the figures.
 //!
-//! Needs root; skips with the reason otherwise, unless `CTX_REQUIRE_KERNEL_TESTS=1`. The flood
-//! cases run shorter than the figures unless `CTX_FAULTS_FULL=1` (wrk for 20 s instead
-//! of 5 s); the idle/slowloris flood is full size either way.
+//! Needs root; skips with the reason otherwise, unless `CTX_REQUIRE_KERNEL_TESTS=1`. Every case
+//! runs at the full size (wrk for 20 s, 2,000 idle + 100 slowloris connections).
 #![allow(
     clippy::unwrap_used,
     reason = "test setup that fails should fail the test loudly"
@@ -27,10 +26,6 @@ const CTXTOP: &str = env!("CARGO_BIN_EXE_ctxtop");
 
 fn required() -> bool {
     std::env::var("CTX_REQUIRE_KERNEL_TESTS").is_ok_and(|v| v == "1")
-}
-
-fn full() -> bool {
-    std::env::var("CTX_FAULTS_FULL").is_ok_and(|v| v == "1")
 }
 
 fn free_port() -> u16 {
@@ -439,7 +434,7 @@ fn wrk_flood() -> CaseResult {
     d.start();
     thread::sleep(Duration::from_secs(1));
     let before = rss_kib(d.pid());
-    let secs = if full() { 20 } else { 5 };
+    let secs = 20;
     let out = Command::new("wrk")
         .args(["-t2", "-c256", &format!("-d{secs}s"), "--latency"])
         .arg(format!("http://127.0.0.1:{}/metrics", d.port))
